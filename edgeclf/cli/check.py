@@ -1,0 +1,7 @@
+import click
+
+
+@click.command("check")
+def command() -> None:
+    """(being written)"""
+    raise click.ClickException("not written yet")

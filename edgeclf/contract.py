@@ -1,0 +1,159 @@
+"""The export folder contract: ``edgeclf.json`` (schema 1) and ``labels.txt``.
+
+Everything ``run`` and ``bench`` know about a model comes from here. No TensorFlow.
+
+Every exported model takes an RGB uint8 image of ``input.height`` x ``input.width``, NHWC, as float32
+0..255 for float models or as the quantized integer tensor for full-integer ones; normalisation is
+inside the graph.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeclf import fsutil
+from edgeclf.errors import EdgeclfError
+
+SCHEMA = 1
+CONTRACT_FILE = "edgeclf.json"
+LABELS_FILE = "labels.txt"
+FORMATS = ("tflite", "onnx")
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+
+
+class ContractError(EdgeclfError):
+    """An export folder or model file that does not hold to the contract."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    height: int
+    width: int
+    channels: int = 3
+    color: str = "RGB"
+    layout: str = "NHWC"
+    range: tuple[float, float] = (0.0, 255.0)
+    resize: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str  # "float32", "int8", "uint8"
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+@dataclass
+class Artifact:
+    file: str
+    format: str  # one of FORMATS
+    precision: str  # one of PRECISIONS
+    bytes: int = 0
+    sha256: str = ""
+    input: TensorSpec = field(default_factory=lambda: TensorSpec("float32"))
+    output: TensorSpec = field(default_factory=lambda: TensorSpec("float32"))
+    val_top1: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"agreement": 0.99, "drop_pt": 0.1}
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}-{self.precision}"
+
+
+@dataclass
+class Bundle:
+    classes: list[str]
+    input: InputSpec
+    artifacts: list[Artifact] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA
+    root: Path | None = None  # the folder it was read from (not serialised)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "schema": self.schema,
+            "classes": list(self.classes),
+            "input": asdict(self.input),
+            "source": self.source,
+            "artifacts": [asdict(a) for a in self.artifacts],
+        }
+        d["input"]["range"] = list(self.input.range)
+        return d
+
+    def artifact(self, name_or_file: str) -> Artifact:
+        for a in self.artifacts:
+            if name_or_file in (a.file, a.name):
+                return a
+        known = ", ".join(a.name for a in self.artifacts) or "none"
+        raise ContractError(f"no artifact {name_or_file!r} in the export (have: {known})")
+
+    def path_of(self, artifact: Artifact) -> Path:
+        return (self.root or Path(".")) / artifact.file
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        fsutil.write_text(folder / LABELS_FILE, "".join(f"{c}\n" for c in self.classes))
+        return fsutil.write_json(folder / CONTRACT_FILE, self.to_dict())
+
+
+def _tensor(d: dict | None) -> TensorSpec:
+    d = d or {"dtype": "float32"}
+    return TensorSpec(dtype=str(d.get("dtype", "float32")), scale=d.get("scale"), zero_point=d.get("zero_point"))
+
+
+def bundle_from_dict(d: dict[str, Any], root: Path | None = None) -> Bundle:
+    try:
+        if int(d.get("schema", 0)) > SCHEMA:
+            raise ContractError(f"edgeclf.json schema {d['schema']} is newer than this edgeclf understands ({SCHEMA}): upgrade edgeclf")
+        inp = dict(d["input"])
+        inp["range"] = tuple(inp.get("range", (0, 255)))
+        spec = InputSpec(**{k: v for k, v in inp.items() if k in InputSpec.__dataclass_fields__})
+        arts = []
+        for a in d.get("artifacts", []):
+            arts.append(Artifact(
+                file=a["file"], format=a["format"], precision=a["precision"], bytes=int(a.get("bytes", 0)),
+                sha256=a.get("sha256", ""), input=_tensor(a.get("input")), output=_tensor(a.get("output")),
+                val_top1=a.get("val_top1"), extra=dict(a.get("extra", {})),
+            ))
+        classes = [str(c) for c in d["classes"]]
+    except (KeyError, TypeError) as exc:
+        raise ContractError(f"edgeclf.json is missing or has a malformed field: {exc}") from None
+    if not classes:
+        raise ContractError("edgeclf.json lists no classes")
+    return Bundle(classes=classes, input=spec, artifacts=arts, source=dict(d.get("source", {})),
+                  schema=int(d.get("schema", SCHEMA)), root=root)
+
+
+def load_bundle(folder: str | Path) -> Bundle:
+    """Read an export folder's ``edgeclf.json`` (and check ``labels.txt`` agrees with it)."""
+    folder = Path(folder)
+    path = folder / CONTRACT_FILE
+    if not folder.is_dir():
+        raise ContractError(f"{folder}: no such export folder")
+    if not path.is_file():
+        raise ContractError(f"{folder}: no {CONTRACT_FILE} here; is this an `edgeclf export` folder?")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ContractError(f"{path}: unreadable ({exc})") from None
+    bundle = bundle_from_dict(d, root=folder)
+    labels = folder / LABELS_FILE
+    if labels.is_file():
+        names = [ln for ln in labels.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if names != bundle.classes:
+            raise ContractError(f"{labels} does not match the classes in {CONTRACT_FILE}")
+    return bundle
+
+
+# The same description, embedded in a model file (ONNX metadata_props / TFLite metadata).
+METADATA_KEY = "edgeclf"
+
+
+def embedded_metadata(bundle: Bundle, artifact: Artifact | None = None) -> str:
+    """JSON carried inside a model file so a lone .tflite/.onnx still knows its labels and input."""
+    d = {"schema": bundle.schema, "classes": bundle.classes, "input": bundle.to_dict()["input"]}
+    if artifact is not None:
+        d["precision"] = artifact.precision
+    return json.dumps(d, ensure_ascii=False)

@@ -1,0 +1,47 @@
+"""Atomic file writes: a killed process never leaves a file that looks complete."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it is renamed over ``target``.
+
+    The temporary keeps the target's extension (some writers, e.g. Keras, insist on it), and is
+    removed if the block raises.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ext = suffix if suffix is not None else target.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{ext}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(target: str | Path, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(target)
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    return write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: str | Path, obj) -> Path:
+    return write_text(target, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
