@@ -1,0 +1,293 @@
+"""Scan a folder of labelled photos: layout, splits, file validation, duplicates. No TensorFlow.
+
+Two layouts are understood:
+
+* already split: ``DATA/train/<class>/...``, ``DATA/val/<class>/...`` (``valid``/``validation`` too),
+  optional ``DATA/test/<class>/...``;
+* not split: ``DATA/<class>/...``; a stratified, seeded split is made (``val_split``).
+
+Class folders may hold nested folders. Every candidate file is decoded once; what cannot be decoded is
+left out and listed in the report, never a crash and never silently.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgeclf import fsutil
+from edgeclf.errors import EdgeclfError
+from edgeclf.imageio import ImageDecodeError, JUNK_NAMES, decode_rgb, is_candidate
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+SPLITS = ("train", "val", "test")
+
+
+class DataError(EdgeclfError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # absolute
+    label: int
+    split: str
+
+
+@dataclass
+class DataReport:
+    root: str
+    layout: str  # "split" (train/val folders given) or "folders" (split made here)
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # undecodable: {"file", "reason"}
+    ignored: int = 0  # hidden/junk files (.DS_Store, Thumbs.db, ...)
+    empty_classes: list[str] = field(default_factory=list)
+    label_conflicts: list[list[str]] = field(default_factory=list)  # identical bytes, different classes
+    split_leaks: list[list[str]] = field(default_factory=list)  # identical bytes in two splits
+    duplicates: list[list[str]] = field(default_factory=list)  # identical bytes, same class and split
+    val_split: float | None = None
+    seed: int | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total"] = self.total
+        return d
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+    report: DataReport
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    @property
+    def train(self) -> list[Sample]:
+        return self.split("train")
+
+    @property
+    def val(self) -> list[Sample]:
+        return self.split("val")
+
+    @property
+    def test(self) -> list[Sample]:
+        return self.split("test")
+
+    def save(self, path: str | Path) -> Path:
+        """The exact split, so that export and bench use the same images as training did."""
+        d = {"root": str(self.root), "classes": self.classes,
+             "samples": [[os.path.relpath(s.path, self.root), s.label, s.split] for s in self.samples]}
+        return fsutil.write_json(path, d)
+
+    @classmethod
+    def load(cls, path: str | Path, report: DataReport | None = None) -> "Dataset":
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        root = Path(d["root"])
+        samples = [Sample(str(root / rel), int(label), split) for rel, label, split in d["samples"]]
+        missing = [s.path for s in samples[:1] if not Path(s.path).exists()]
+        if missing:
+            raise DataError(f"the data set this run was trained on is not at {root} any more ({missing[0]} is missing)")
+        rep = report or DataReport(str(root), "split", d["classes"], {})
+        return cls(root, list(d["classes"]), samples, rep)
+
+
+def _visible_files(folder: Path) -> tuple[list[Path], int]:
+    """All files below ``folder`` (sorted, hidden folders skipped) and the count of junk files."""
+    files, junk = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower() in JUNK_NAMES:
+                junk += 1
+            else:
+                files.append(Path(dirpath) / name)
+    return files, junk
+
+
+def _class_dirs(folder: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+PLACEHOLDER_MAX_COLOURS = 64  # "image not found" placeholders and flat graphics; real photos have hundreds
+PLACEHOLDER_MAX_SHARE = 0.05  # above this share they are the data (icons, synthetic): keep them
+
+
+def _colours(img) -> int:
+    import numpy as np
+
+    sample = np.ascontiguousarray(img[::4, ::4]).reshape(-1, 3)
+    packed = (sample[:, 0].astype(np.uint32) << 16) | (sample[:, 1].astype(np.uint32) << 8) | sample[:, 2]
+    return int(np.unique(packed).size)
+
+
+def _check_file(path: Path) -> tuple[str | None, str | None, int]:
+    """(sha256, None, colours) for a decodable image, (None, reason, 0) otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}", 0
+    if not is_candidate(path):
+        return None, f"not an image file ({path.suffix or 'no extension'})", 0
+    try:
+        img = decode_rgb(data, str(path))
+    except ImageDecodeError:
+        return None, "cannot be decoded as an image", 0
+    if min(img.shape[:2]) < 2:
+        return None, f"image too small ({img.shape[1]}x{img.shape[0]})", 0
+    return hashlib.sha256(data).hexdigest(), None, _colours(img)
+
+
+def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int | None = None) -> Dataset:
+    """Scan ``root``, check every file once, split if needed, find duplicates. See module doc."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be between 0 and 1 (got {val_split})")
+    top = _class_dirs(root)
+    split_dirs = {SPLIT_ALIASES[n.lower()]: p for n, p in top.items() if n.lower() in SPLIT_ALIASES}
+    layout = "split" if "train" in split_dirs else "folders"
+    if layout == "folders":
+        split_dirs = {"train": root}
+
+    # (split, class name, file)
+    found: list[tuple[str, str, Path]] = []
+    ignored = 0
+    class_names: set[str] = set()
+    for split, folder in split_dirs.items():
+        for cname, cdir in _class_dirs(folder).items():
+            class_names.add(cname)
+            files, junk = _visible_files(cdir)
+            ignored += junk
+            found += [(split, cname, f) for f in files]
+        ignored += sum(1 for p in folder.iterdir() if p.is_file())  # stray files beside the class folders
+    if not class_names:
+        raise DataError(f"{root}: no class folders found (expected {root}/<class>/*.jpg or {root}/train/<class>/*.jpg)")
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2))) as pool:
+        checks = list(pool.map(lambda t: _check_file(t[2]), found))
+
+    def rel(p: Path | str) -> str:
+        return os.path.relpath(p, root)
+
+    skipped = [{"file": rel(f), "reason": reason} for (_, _, f), (_, reason, _) in zip(found, checks) if reason]
+    flat = [i for i, (digest, _, colours) in enumerate(checks) if digest and colours < PLACEHOLDER_MAX_COLOURS]
+    if flat and len(flat) <= PLACEHOLDER_MAX_SHARE * sum(1 for c in checks if c[0]):
+        for i in flat:
+            skipped.append({"file": rel(found[i][2]), "reason": f"looks like a placeholder or flat graphic "
+                                                              f"({checks[i][2]} colours), not a photo"})
+            checks[i] = (None, "placeholder", 0)
+    good = [(split, cname, f, digest) for (split, cname, f), (digest, _, _) in zip(found, checks) if digest]
+
+    train_counts = Counter(c for s, c, _, _ in good if s == "train")
+    classes = sorted(c for c in class_names if train_counts[c] > 0)
+    empty = sorted(c for c in class_names if train_counts[c] == 0)
+    if len(classes) < 2:
+        raise DataError(f"{root}: fewer than two classes with usable training images "
+                        f"(usable: {', '.join(classes) or 'none'}); a classifier needs at least two")
+    index = {c: i for i, c in enumerate(classes)}
+    good = [g for g in good if g[1] in index]
+
+    if layout == "folders" or "val" not in split_dirs:
+        good = _stratified_split(good, val_split, seed)
+
+    samples = [Sample(str(f), index[c], s) for s, c, f, _ in good]
+    counts = {s: {c: 0 for c in classes} for s in SPLITS if any(g[0] == s for g in good)}
+    for s, c, _, _ in good:
+        counts[s][c] += 1
+    if not counts.get("val") or sum(counts["val"].values()) == 0:
+        raise DataError(f"{root}: the validation split is empty; add images to val/ or lower --val-split")
+
+    by_hash: dict[str, list[tuple[str, str, Path]]] = defaultdict(list)
+    for s, c, f, digest in good:
+        by_hash[digest].append((s, c, f))
+    conflicts, leaks, dups = [], [], []
+    for group in by_hash.values():
+        if len(group) < 2:
+            continue
+        names = [rel(f) for _, _, f in group]
+        if len({c for _, c, _ in group}) > 1:
+            conflicts.append(names)
+        elif len({s for s, _, _ in group}) > 1:
+            leaks.append(names)
+        else:
+            dups.append(names)
+        if len({c for _, c, _ in group}) > 1 and len({s for s, _, _ in group}) > 1:
+            leaks.append(names)
+
+    report = DataReport(str(root), layout, classes, counts, skipped, ignored, empty, conflicts, leaks, dups,
+                        val_split=val_split if layout == "folders" or "val" not in split_dirs else None,
+                        seed=seed)
+    return Dataset(root, classes, samples, report)
+
+
+def _stratified_split(good, val_split: float, seed: int):
+    """Seeded split per class; byte-identical files stay together so the split cannot leak them."""
+    rng = random.Random(seed)
+    out = []
+    per_class: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for item in good:
+        if item[0] == "train":
+            per_class[item[1]][item[3]].append(item)
+        else:
+            out.append(item)  # test/ stays test
+    for cname in sorted(per_class):
+        groups = [per_class[cname][h] for h in sorted(per_class[cname])]
+        rng.shuffle(groups)
+        n_files = sum(len(g) for g in groups)
+        n_val = max(1, round(n_files * val_split)) if n_files >= 2 else 0
+        taken = 0
+        for g in groups:
+            split = "val" if taken < n_val else "train"
+            taken += len(g) if split == "val" else 0
+            out += [(split, c, f, h) for _, c, f, h in g]
+    return out
+
+
+def print_report(report: DataReport, console=None, max_list: int = 10) -> None:
+    """A human summary of the data report (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[b]{report.root}[/b] ({report.layout} layout, {len(report.classes)} classes, {report.total} images)")
+    table = Table()
+    table.add_column("class")
+    splits = list(report.counts)
+    for s in splits:
+        table.add_column(s, justify="right")
+    for c in report.classes:
+        table.add_row(c, *[str(report.counts[s].get(c, 0)) for s in splits])
+    table.add_row("[b]total[/b]", *[f"[b]{sum(report.counts[s].values())}[/b]" for s in splits])
+    console.print(table)
+
+    def listing(title: str, rows: list[str]) -> None:
+        if not rows:
+            return
+        console.print(f"[yellow]{title} ({len(rows)}):[/yellow]")
+        for r in rows[:max_list]:
+            console.print(f"  {r}", markup=False, highlight=False)
+        if len(rows) > max_list:
+            console.print(f"  … and {len(rows) - max_list} more (see data_report.json)")
+
+    listing("skipped, not usable as images", [f"{s['file']}: {s['reason']}" for s in report.skipped])
+    listing("class folders with no usable training image, left out", report.empty_classes)
+    listing("identical files under different classes (label conflict)", [" = ".join(g) for g in report.label_conflicts])
+    listing("identical files in different splits (leak)", [" = ".join(g) for g in report.split_leaks])
+    listing("identical files within a class", [" = ".join(g) for g in report.duplicates])
+    if report.ignored:
+        console.print(f"ignored {report.ignored} hidden/junk files (.DS_Store, Thumbs.db, …)")
