@@ -1,0 +1,109 @@
+"""One calibration source for TFLite's representative dataset and ONNX Runtime's calibration reader.
+
+Images are drawn stratified (per class, seeded) from the training split and decoded and resized by
+:func:`edgeclf.imageio.load_resized`, the function ``run`` and ``bench`` use: the quantization ranges
+are measured on exactly what the deployed model will see. No TensorFlow.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeclf.errors import EdgeclfError
+from edgeclf.imageio import ImageDecodeError, load_resized
+
+DEFAULT_CALIB_IMAGES = 300
+MIN_RECOMMENDED = 100
+
+
+def stratified_sample(samples: list, n: int, seed: int = 0) -> list:
+    """``n`` samples with every class represented in proportion (at least one each, when possible)."""
+    if n >= len(samples):
+        return list(samples)
+    rng = random.Random(seed)
+    by_class: dict[int, list] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    for group in by_class.values():
+        rng.shuffle(group)
+    total = len(samples)
+    quota = {c: max(1, int(round(n * len(g) / total))) for c, g in by_class.items()}
+    while sum(quota.values()) > n:  # rounding overshoot: trim the largest quotas
+        c = max(quota, key=lambda k: quota[k])
+        quota[c] -= 1
+    picked = [s for c, g in sorted(by_class.items()) for s in g[:quota[c]]]
+    rest = [s for c, g in sorted(by_class.items()) for s in g[quota[c]:]]
+    rng.shuffle(rest)
+    picked += rest[: n - len(picked)]
+    rng.shuffle(picked)
+    return picked
+
+
+def load_images(samples: list, height: int, width: int, resize: str) -> np.ndarray:
+    """uint8 NHWC RGB batch of ``samples`` (undecodable files are an error naming the file)."""
+    def one(s):
+        return load_resized(s.path, height, width, resize)
+
+    if not samples:
+        return np.zeros((0, height, width, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        try:
+            return np.stack(list(pool.map(one, samples)))
+        except ImageDecodeError as exc:
+            raise EdgeclfError(f"calibration/validation image: {exc}") from None
+
+
+@dataclass
+class CalibrationSet:
+    """RGB uint8 images, NHWC, at the model's input size: what the model will see on the device."""
+
+    images: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def representative_dataset(self):
+        """For ``TFLiteConverter.representative_dataset``: one float32 0..255 image per step."""
+        def gen():
+            for img in self.images:
+                yield [img[None].astype(np.float32)]
+        return gen
+
+    def ort_reader(self, input_name: str):
+        """An ``onnxruntime.quantization.CalibrationDataReader`` over the same images."""
+        from onnxruntime.quantization import CalibrationDataReader
+
+        images = self.images
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self):
+                self._i = 0
+
+            def get_next(self):
+                if self._i >= len(images):
+                    return None
+                batch = images[self._i:self._i + 1].astype(np.float32)
+                self._i += 1
+                return {input_name: batch}
+
+            def rewind(self):
+                self._i = 0
+
+        return _Reader()
+
+
+def calibration_set(train_samples: list, n: int, height: int, width: int, resize: str,
+                    seed: int = 0, warn=None) -> CalibrationSet:
+    if n < 1:
+        raise EdgeclfError(f"--calib-images must be at least 1 (got {n})")
+    if not train_samples:
+        raise EdgeclfError("no training images to calibrate on")
+    picked = stratified_sample(train_samples, n, seed)
+    if warn is not None and len(picked) < MIN_RECOMMENDED:
+        warn(f"calibrating on {len(picked)} images (< {MIN_RECOMMENDED}): int8 ranges may be poor; "
+             f"use --calib-images {DEFAULT_CALIB_IMAGES}")
+    return CalibrationSet(load_images(picked, height, width, resize))

@@ -1,0 +1,79 @@
+"""Post-export verification through the edgeclf runtime (``edgeclf.runtime``), never through Keras.
+
+Every artifact is loaded by the backend ``run`` and ``bench`` use and evaluated on the validation
+split: top-1, agreement with the float reference's predictions, drop in points, and a collapse check
+(one class for nearly everything, or chance-level accuracy: tensorflow#41840, ultralytics#22644).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+COLLAPSE_SHARE = 0.95  # one class predicted for at least this share of images ...
+COLLAPSE_TRUE_SHARE = 0.90  # ... while the most common true class is rarer than this
+CHANCE_MARGIN = 0.10  # at chance: kept at most this share of the reference's margin above chance
+
+
+@dataclass
+class Verification:
+    name: str
+    top1: float
+    agreement: float | None
+    drop_pt: float | None
+    predicted_share: float  # share of the most-predicted class
+    predicted_class: int
+    collapsed: str | None = None  # reason, when collapsed
+    engine: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def predict(model_ref, images: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, str]:
+    """Probabilities of ``images`` (uint8 NHWC) through the runtime backend for ``model_ref``."""
+    from edgeclf.runtime.backends import open_backend
+
+    backend = open_backend(model_ref, threads=threads)
+    try:
+        probs = np.concatenate([backend.predict(images[k:k + 32]) for k in range(0, len(images), 32)])
+        return probs, backend.describe()
+    finally:
+        backend.close()
+
+
+def collapse_reason(pred: np.ndarray, labels: np.ndarray, num_classes: int, top1: float,
+                    reference_top1: float | None, classes: list[str]) -> str | None:
+    """Why these predictions look like a collapsed model, or None."""
+    counts = np.bincount(pred, minlength=num_classes)
+    share = counts.max() / max(1, len(pred))
+    true_share = np.bincount(labels, minlength=num_classes).max() / max(1, len(labels))
+    if share >= COLLAPSE_SHARE and true_share < COLLAPSE_TRUE_SHARE:
+        return f"predicts '{classes[int(counts.argmax())]}' for {share:.0%} of the validation images"
+    chance = 1.0 / num_classes
+    if reference_top1 is not None and reference_top1 - chance > 0.1:
+        if top1 <= chance + CHANCE_MARGIN * (reference_top1 - chance):
+            return f"top-1 {top1:.1%} is at chance ({chance:.0%} for {num_classes} classes)"
+    return None
+
+
+def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
+           reference_pred: np.ndarray | None, reference_top1: float | None, engine: str = "") -> Verification:
+    pred = probs.argmax(axis=1)
+    top1 = float((pred == labels).mean())
+    agreement = float((pred == reference_pred).mean()) if reference_pred is not None else None
+    drop = round((reference_top1 - top1) * 100, 2) if reference_top1 is not None else None
+    counts = np.bincount(pred, minlength=len(classes))
+    reason = collapse_reason(pred, labels, len(classes), top1, reference_top1, classes)
+    return Verification(name, top1, agreement, drop, float(counts.max() / max(1, len(pred))),
+                        int(counts.argmax()), reason, engine)
+
+
+def advice(fmt_name: str, precision: str) -> str:
+    """What to try when an artifact loses more than --max-drop."""
+    if fmt_name == "onnx-int8":
+        return ("more --calib-images, --onnx-calibrate percentile, or ship onnx-fp32 / the TFLite int8 model; "
+                "per-channel weights are already the default")
+    if precision == "int8":
+        return "more --calib-images, fp16 (tflite-fp16) instead, or --qat (quantization-aware training)"
+    if precision == "dynamic":
+        return "fp16 (tflite-fp16) instead, or full int8 with --int8"
+    return "check that the model exported is the one trained (fp32 should not lose accuracy)"

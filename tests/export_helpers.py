@@ -1,0 +1,54 @@
+"""Build a small, real, trained run folder for the export tests (until/unless `edgeclf train` is used).
+
+MobileNetV2 0.35 at 96 px with the shared ImageNet weights, the head fitted on hymenoptera train for a
+few epochs on frozen backbone features: meaningful (> 80 % val) and built in well under a minute.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("EDGECLF_TEST_DATA", "/work/shared/data")) / "hymenoptera_data"
+WEIGHTS_DIR = Path(os.environ.get("EDGECLF_WEIGHTS_DIR", "/work/shared/weights"))
+
+
+def build_run(run_dir: Path, model: str = "mobilenet_v2_035", imgsz: int = 96, weights: str | None = None,
+              epochs: int = 8) -> Path:
+    """A run folder as `edgeclf train` writes it: args.yaml, split.json, weights/best.keras."""
+    import keras
+
+    from edgeclf.config import TrainConfig
+    from edgeclf.data.dataset import scan
+    from edgeclf.imageio import load_resized
+    from edgeclf.models.build import build_classifier
+
+    run_dir = Path(run_dir)
+    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+    ds = scan(DATA)
+    if weights is None:
+        weights = str(WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
+    keras.utils.set_random_seed(0)
+    net = build_classifier(model, imgsz, len(ds.classes), weights=weights)
+    if epochs:
+        # Fit only the head, on features computed once (the backbone stays frozen).
+        feat_model = keras.Model(net.input, net.get_layer("head_pool").output)
+        x = np.stack([load_resized(s.path, imgsz, imgsz) for s in ds.train]).astype("float32")
+        y = np.array([s.label for s in ds.train])
+        feats = feat_model.predict(x, batch_size=64, verbose=0)
+        head = keras.Sequential([keras.Input(feats.shape[1:]), keras.layers.Dense(len(ds.classes), activation="softmax")])
+        head.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        head.fit(feats, y, epochs=epochs * 10, batch_size=32, verbose=0)
+        net.get_layer("head_logits").set_weights(head.layers[-1].get_weights())
+    net.save(run_dir / "weights" / "best.keras")
+    TrainConfig(data=str(DATA), model=model, imgsz=imgsz, weights="imagenet" if epochs else "none",
+                project=str(run_dir.parent), name=run_dir.name).save(run_dir / "args.yaml")
+    ds.save(run_dir / "split.json")
+    return run_dir
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_run(Path(sys.argv[1])))
