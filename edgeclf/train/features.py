@@ -75,7 +75,7 @@ def split_model(model, cut: Cut):
 
 
 class TFLiteRunner:
-    """A Keras model converted to fp32 TFLite and run by LiteRT on every core, in batches."""
+    """A Keras model (one or several outputs) converted to fp32 TFLite, run by LiteRT in batches."""
 
     def __init__(self, keras_model, batch: int = 16, threads: int | None = None):
         import tensorflow as tf
@@ -93,11 +93,29 @@ class TFLiteRunner:
         self._shape = list(inp["shape"][1:])
         self.interpreter.resize_tensor_input(self._in_index, [batch] + self._shape)
         self.interpreter.allocate_tensors()
-        self._out_index = self.interpreter.get_output_details()[0]["index"]
+        self._out_indices = self._match_outputs(keras_model)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def _match_outputs(self, keras_model) -> list[int]:
+        """TFLite may reorder outputs: match each Keras output to the TFLite one that computes it."""
+        details = self.interpreter.get_output_details()
+        if len(details) == 1:
+            return [details[0]["index"]]
+        probe = np.random.default_rng(0).uniform(0, 255, (self.batch, *self._shape)).astype(np.float32)
+        expected = keras_model(probe, training=False)
+        self.interpreter.set_tensor(self._in_index, probe)
+        self.interpreter.invoke()
+        got = {d["index"]: self.interpreter.get_tensor(d["index"]) for d in details}
+        order = []
+        for e in expected:
+            e = np.asarray(e)
+            same = [i for i, g in got.items() if g.shape == e.shape and i not in order]
+            order.append(min(same, key=lambda i: float(np.abs(got[i] - e).mean())))
+        return order
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        """Outputs for a batch of float 0..255 images, one array per model output."""
         n = len(images)
-        out = []
+        outs: list[list[np.ndarray]] = [[] for _ in self._out_indices]
         for start in range(0, n, self.batch):
             chunk = images[start:start + self.batch].astype(np.float32, copy=False)
             k = len(chunk)
@@ -105,26 +123,65 @@ class TFLiteRunner:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - k, *chunk.shape[1:]), np.float32)])
             self.interpreter.set_tensor(self._in_index, chunk)
             self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self._out_index)[:k].copy())
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+            for o, index in zip(outs, self._out_indices):
+                o.append(self.interpreter.get_tensor(index)[:k].copy())
+        return [np.concatenate(o) for o in outs]
 
 
-def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+def decode_all(paths: list[str], size: int, resize: str, workers: int | None = None) -> np.ndarray:
+    """Decode and resize images with the one decoder, in parallel threads (OpenCV releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeclf.imageio import load_resized
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return np.stack(list(pool.map(lambda p: load_resized(p, size, size, resize), paths)))
+
+
+def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], list[np.ndarray]], str]:
     """The fastest way to run the frozen bottom here: LiteRT when it converts, else Keras."""
     try:
         return TFLiteRunner(bottom, batch=batch), "litert"
     except Exception as exc:  # a layer TFLite cannot convert: Keras still works, slower
         print(f"note: feature cache falls back to Keras ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
-        return (lambda x: bottom.predict(x, batch_size=batch, verbose=0)), "keras"
+
+        def run(x):
+            out = bottom.predict(x, batch_size=batch, verbose=0)
+            return list(out) if isinstance(out, (list, tuple)) else [out]
+
+        return run, "keras"
 
 
-def compute(engine: Callable[[np.ndarray], np.ndarray], batches: Iterable[np.ndarray], total: int,
-            desc: str, progress=None) -> np.ndarray:
-    """Run ``engine`` over image batches; returns the stacked outputs (float16 to halve memory)."""
-    outs = []
-    task = progress.add_task(desc, total=total) if progress is not None else None
-    for images in batches:
-        outs.append(engine(np.asarray(images)).astype(np.float16))
+def cache_features(model, cuts: list[Cut], train_paths: list[str], val_paths: list[str], size: int, resize: str,
+                   augmenter=None, views: int = 0, chunk: int = 256, progress=None):
+    """Features at every cut for each training image (clean, then ``views`` augmented copies) and each
+    validation image, from one decode and one LiteRT pass. Returns (train, val, engine name), where
+    train[i] / val[i] are float16 arrays for cuts[i]; train rows are view-major (view 0 = clean)."""
+    import keras
+
+    bottom = keras.Model(model.inputs, [c.tensor for c in cuts], name="bottom")
+    engine, name = make_engine(bottom)
+    views = views if augmenter is not None else 0
+    n_train = len(train_paths)
+    train = [[None] * (1 + views) for _ in cuts]
+    task = progress.add_task("caching features", total=n_train * (1 + views) + len(val_paths)) if progress else None
+    per_view: list[list[list[np.ndarray]]] = [[[] for _ in range(1 + views)] for _ in cuts]
+    for start in range(0, n_train, chunk):
+        images = decode_all(train_paths[start:start + chunk], size, resize).astype(np.float32)
+        for v in range(1 + views):
+            x = images if v == 0 else np.asarray(augmenter(images, training=True))
+            for ci, out in enumerate(engine(x)):
+                per_view[ci][v].append(out.astype(np.float16))
+            if progress is not None:
+                progress.advance(task, len(images))
+    for ci in range(len(cuts)):
+        for v in range(1 + views):
+            train[ci][v] = np.concatenate(per_view[ci][v])
+    val_parts: list[list[np.ndarray]] = [[] for _ in cuts]
+    for start in range(0, len(val_paths), chunk):
+        images = decode_all(val_paths[start:start + chunk], size, resize).astype(np.float32)
+        for ci, out in enumerate(engine(images)):
+            val_parts[ci].append(out.astype(np.float16))
         if progress is not None:
             progress.advance(task, len(images))
-    return np.concatenate(outs)
+    return [np.concatenate(t) for t in train], [np.concatenate(v) for v in val_parts], name

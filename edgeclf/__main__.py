@@ -1,0 +1,3 @@
+from edgeclf.cli import main
+
+main()
