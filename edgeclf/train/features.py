@@ -69,8 +69,8 @@ def find_cut(model) -> Cut | None:
 def split_model(model, cut: Cut):
     import keras
 
-    bottom = keras.Model(model.inputs, cut.tensor, name="bottom")
-    top = keras.Model(cut.tensor, model.outputs, name="top")
+    bottom = keras.Model(model.input, cut.tensor, name="bottom")
+    top = keras.Model(cut.tensor, model.output, name="top")
     return bottom, top
 
 
@@ -159,7 +159,7 @@ def cache_features(model, cuts: list[Cut], train_paths: list[str], val_paths: li
     train[i] / val[i] are float16 arrays for cuts[i]; train rows are view-major (view 0 = clean)."""
     import keras
 
-    bottom = keras.Model(model.inputs, [c.tensor for c in cuts], name="bottom")
+    bottom = keras.Model(model.input, [c.tensor for c in cuts], name="bottom")
     engine, name = make_engine(bottom)
     views = views if augmenter is not None else 0
     n_train = len(train_paths)

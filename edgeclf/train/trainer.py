@@ -30,7 +30,8 @@ from edgeclf.train import report as reporting
 from edgeclf.train import rundir
 from edgeclf.train.rundir import RunInfo
 
-RESULT_FIELDS = ["epoch", "stage", "stage_epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+RESULT_FIELDS = ["epoch", "stage", "stage_epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+                 "elapsed"]  # elapsed: wall seconds since training started, feature caching included
 
 
 @dataclass
@@ -308,7 +309,7 @@ class _EpochLogger:
                 row = {"epoch": st["epoch"], "stage": self.stage.name, "stage_epoch": epoch + 1,
                        "train_loss": f"{logs.get('loss', 0):.5f}", "train_acc": f"{logs.get('accuracy', 0):.5f}",
                        "val_loss": f"{logs.get('val_loss', 0):.5f}", "val_acc": f"{val_acc:.5f}", "lr": f"{lr:.3g}",
-                       "seconds": f"{time.time() - self.t0:.1f}"}
+                       "seconds": f"{time.time() - self.t0:.1f}", "elapsed": f"{time.time() - self.t_start:.1f}"}
                 self.rows.append(row)
                 _save_model(self.full_model, self.run_dir / rundir.LAST)
                 improved = val_acc > st["best_val_acc"]

@@ -1,0 +1,148 @@
+"""edgeclf train on the real hymenoptera photos: run folder, accuracy, resume after kill -9, backbones."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def edgeclf(*args: str, env: dict | None = None, check: bool = True, timeout: int = 600):
+    proc = subprocess.run([sys.executable, "-m", "edgeclf", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgeclf {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, hymenoptera) -> Path:
+    """MobileNetV2 0.35 at 96 px, ImageNet weights from ../shared/weights, both stages, cached features."""
+    project = tmp_path_factory.mktemp("runs")
+    edgeclf("train", str(hymenoptera), "--model", "mobilenet_v2_035", "--imgsz", "96", "--epochs", "5",
+            "--fine-tune-epochs", "2", "--unfreeze", "8", "--project", str(project), "--name", "small")
+    return project / "small"
+
+
+def test_run_folder_has_every_artifact(small_run):
+    for name in ("args.yaml", "data_report.json", "split.json", "results.csv", "results.png", "report.json",
+                 "confusion_matrix.png", "confusion_matrix_normalized.png", "weights/best.keras", "weights/last.keras"):
+        assert (small_run / name).is_file(), name
+    for png in ("results.png", "confusion_matrix.png", "confusion_matrix_normalized.png"):
+        assert (small_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args = yaml.safe_load((small_run / "args.yaml").read_text())
+    assert args["model"] == "mobilenet_v2_035" and args["imgsz"] == 96 and args["fine_tune_epochs"] == 2
+    data_report = json.loads((small_run / "data_report.json").read_text())
+    assert [s["file"] for s in data_report["skipped"]] == ["train/ants/imageNotFound.gif"]
+    with open(small_run / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
+    assert {r["stage"] for r in rows} == {"frozen", "fine_tune"}
+    assert all(float(r["lr"]) > 0 for r in rows)
+    assert not list(small_run.rglob("*.part*")), "temporary files left behind"
+
+
+def test_report_is_real_and_reproducible(small_run, hymenoptera):
+    import keras
+
+    from edgeclf.data.dataset import Dataset
+    from edgeclf.imageio import load_resized
+
+    report = json.loads((small_run / "report.json").read_text())
+    assert report["images"] == 153
+    assert report["top1"] >= 0.75, report["top1"]  # 0.35 MobileNetV2 at 96 px; chance is 0.54
+    assert set(report["per_class"]) == {"ants", "bees"}
+    assert sum(m["support"] for m in report["per_class"].values()) == 153
+    cm = np.array(report["confusion_matrix"])
+    assert cm.sum() == 153 and np.trace(cm) / 153 == pytest.approx(report["top1"])
+    # the saved best model, run by Keras on the photos, gives the reported accuracy
+    model = keras.models.load_model(small_run / "weights" / "best.keras")
+    val = Dataset.load(small_run / "split.json").val
+    x = np.stack([load_resized(s.path, 96, 96) for s in val]).astype(np.float32)
+    probs = model.predict(x, batch_size=64, verbose=0)
+    top1 = float((probs.argmax(1) == np.array([s.label for s in val])).mean())
+    assert abs(top1 - report["top1"]) <= 0.02, (top1, report["top1"])
+
+
+def _wait_for_epoch(run: Path, epoch: int, proc, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = run / "state.json"
+        if state.is_file():
+            try:
+                if json.loads(state.read_text()).get("epoch", 0) >= epoch:
+                    return
+            except json.JSONDecodeError:
+                pass
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before epoch {epoch}: {proc.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"no epoch {epoch} within {timeout}s")
+
+
+def test_resume_after_kill_9(tmp_path, hymenoptera):
+    """simple_cnn (the from-scratch baseline, no feature cache) killed mid-run, then resumed."""
+    project = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "edgeclf", "train", str(hymenoptera), "--model", "simple_cnn", "--imgsz", "64",
+           "--epochs", "6", "--patience", "99", "--project", str(project), "--name", "killed"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = project / "killed"
+    try:
+        _wait_for_epoch(run, 2, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    done_before = json.loads((run / "state.json").read_text())["epoch"]
+    assert 2 <= done_before < 6 and not json.loads((run / "state.json").read_text())["done"]
+    resumed = edgeclf("train", "--resume", str(run))
+    assert f"resuming {run} after epoch {done_before}" in resumed.stdout
+    with open(run / "results.csv") as fh:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # nothing lost, nothing repeated
+    state = json.loads((run / "state.json").read_text())
+    assert state["done"] and state["epoch"] == 6
+    report = json.loads((run / "report.json").read_text())
+    assert report["images"] == 153 and report["top1"] > 0.5
+    again = edgeclf("train", "--resume", str(run))
+    assert "already finished" in again.stdout
+
+
+@pytest.mark.parametrize("model,size", [("inception_resnet_v2", 75), ("efficientnet_b0", 64)])
+def test_big_backbones_train_end_to_end_without_weights(tmp_path, hymenoptera, model, size):
+    project = tmp_path / "runs"
+    edgeclf("train", str(hymenoptera), "--model", model, "--imgsz", str(size), "--weights", "none", "--epochs", "1",
+            "--fine-tune-epochs", "1", "--unfreeze", "4", "--cache-views", "0", "--project", str(project))
+    run = project / "exp"
+    report = json.loads((run / "report.json").read_text())
+    assert report["images"] == 153 and report["model"] == model
+    with open(run / "results.csv") as fh:
+        assert [r["stage"] for r in csv.DictReader(fh)] == ["frozen", "fine_tune"]
+    assert (run / "weights" / "best.keras").stat().st_size > 1_000_000
+
+
+def test_bad_inputs_give_one_line(tmp_path, hymenoptera):
+    missing = edgeclf("train", str(tmp_path / "nope"), check=False)
+    assert missing.returncode != 0 and "no such data folder" in missing.stderr
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty_weights"
+    empty.mkdir()
+    no_weights = edgeclf("train", str(hymenoptera), "--model", "efficientnet_b0", "--imgsz", "64",
+                         "--project", str(tmp_path / "r"), check=False, timeout=300,
+                         env={"EDGECLF_WEIGHTS_DIR": str(empty), "KERAS_HOME": str(tmp_path / "keras")})
+    assert no_weights.returncode != 0 and "Traceback" not in no_weights.stderr
+    line = no_weights.stderr.strip().splitlines()[-1]
+    assert "efficientnetb0_notop.h5" in line and str(empty) in line and "--weights none" in line
+    bad_unfreeze = edgeclf("train", str(hymenoptera), "--unfreeze", "some", check=False)
+    assert bad_unfreeze.returncode != 0 and "--unfreeze" in bad_unfreeze.stderr
+    no_resume = edgeclf("train", "--resume", str(tmp_path / "nothing"), check=False)
+    assert no_resume.returncode != 0 and "no such run folder" in no_resume.stderr
