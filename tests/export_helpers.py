@@ -1,7 +1,9 @@
-"""Build a small, real, trained run folder for the export tests (until/unless `edgeclf train` is used).
+"""Run folders for the export tests that `edgeclf train` is not needed for.
 
-MobileNetV2 0.35 at 96 px with the shared ImageNet weights, the head fitted on hymenoptera train for a
-few epochs on frozen backbone features: meaningful (> 80 % val) and built in well under a minute.
+The main test model comes from the real trainer (tests/test_export.py). This builds the others: a
+backbone with random weights (``weights="none"``: InceptionResNetV2, EfficientNetB0 export smoke tests,
+no training), or with the head fitted on frozen features (``epochs > 0``), saved as `edgeclf train`
+saves a run: args.yaml, split.json, weights/best.keras.
 """
 from __future__ import annotations
 
@@ -27,10 +29,10 @@ def build_run(run_dir: Path, model: str = "mobilenet_v2_035", imgsz: int = 96, w
     run_dir = Path(run_dir)
     (run_dir / "weights").mkdir(parents=True, exist_ok=True)
     ds = scan(DATA)
-    if weights is None:
+    if weights is None and model.startswith("mobilenet_v2_035"):
         weights = str(WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
     keras.utils.set_random_seed(0)
-    net = build_classifier(model, imgsz, len(ds.classes), weights=weights)
+    net = build_classifier(model, imgsz, len(ds.classes), weights=weights or "none")
     if epochs:
         # Fit only the head, on features computed once (the backbone stays frozen).
         feat_model = keras.Model(net.input, net.get_layer("head_pool").output)

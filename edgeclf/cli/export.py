@@ -26,6 +26,8 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
 @click.option("--qat-epochs", type=int, default=2, show_default=True, help="QAT fine-tuning epochs.")
 @click.option("--onnx-per-channel/--onnx-per-tensor", default=True, show_default=True,
               help="Quantize ONNX int8 weights per channel (default) or per tensor.")
+@click.option("--onnx-reduce-range/--onnx-full-range", default=True, show_default=True,
+              help="7-bit ONNX int8 weights: avoids saturation in ONNX Runtime's x86 (AVX2, no VNNI) kernels.")
 @click.option("--onnx-calibrate", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True, help="ONNX Runtime calibration method for onnx-int8.")
 @click.option("--opset", type=click.IntRange(13, 17), default=13, show_default=True, help="ONNX opset.")
@@ -37,7 +39,7 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
 @click.option("--resize", type=click.Choice(["bilinear", "area", "nearest"]), default=None,
               help="Resize method (default: the run's, else bilinear).")
 @click.option("--threads", type=int, default=None, help="CPU threads for verification (default: all).")
-def command(source, out, formats, int8, io, calib_images, max_drop, qat, qat_epochs, onnx_per_channel,
+def command(source, out, formats, int8, io, calib_images, max_drop, qat, qat_epochs, onnx_per_channel, onnx_reduce_range,
             onnx_calibrate, opset, data, labels, imgsz, resize, threads) -> None:
     """Turn a trained model into a verified export folder: TFLite (fp32, fp16, dynamic-range, and int8
     with --int8) and ONNX (fp32, and static QDQ int8 with --int8), plus labels.txt and edgeclf.json.
@@ -64,5 +66,6 @@ def command(source, out, formats, int8, io, calib_images, max_drop, qat, qat_epo
     result = export_model(ExportOptions(
         target=source, out=out, formats=formats, int8=int8, io=io, calib_images=calib_images, max_drop=max_drop,
         qat=qat, qat_epochs=qat_epochs, data=data, labels=labels, imgsz=imgsz, resize=resize,
-        onnx_per_channel=onnx_per_channel, onnx_calibrate=onnx_calibrate, opset=opset, threads=threads))
+        onnx_per_channel=onnx_per_channel, onnx_reduce_range=onnx_reduce_range, onnx_calibrate=onnx_calibrate,
+        opset=opset, threads=threads))
     sys.exit(result.exit_code)

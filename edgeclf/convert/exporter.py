@@ -52,6 +52,7 @@ class ExportOptions:
     imgsz: int | None = None
     resize: str | None = None
     onnx_per_channel: bool = True
+    onnx_reduce_range: bool = True  # 7-bit weights: avoids int16 saturation in ORT's x86 kernels
     onnx_calibrate: str = "minmax"  # minmax | percentile | entropy
     opset: int = 13
     seed: int = 0
@@ -101,19 +102,23 @@ class ExportJob:
     """What the format modules get: the loaded model, the bundle, calibration, atomic writes."""
 
     def __init__(self, source: ExportSource, options: ExportOptions, bundle: Bundle, out_dir: Path,
-                 keras_model, warn: Callable[[str], None]):
+                 keras_model, warn: Callable[[str], None], console=None):
         self.source, self.options, self.bundle, self.out_dir = source, options, bundle, out_dir
         self._keras = keras_model
-        self._quant_model = None  # QAT model, when --qat
+        self.console = console
+        self.qat_info: dict | None = None  # set by --qat
         self._calib = options.calibration
+        self._cache: dict[str, object] = {}
         self.warn = warn
 
     def keras_model(self):
         return self._keras
 
-    def quantization_model(self):
-        """The model int8 formats convert: the QAT model with --qat, else the trained one."""
-        return self._quant_model if self._quant_model is not None else self._keras
+    def cached(self, key: str, make: Callable[[], object]):
+        """A value shared between formats (e.g. the fp32 ONNX graph that int8 quantizes)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def calibration(self) -> CalibrationSet:
         if self._calib is None:
@@ -149,8 +154,8 @@ def export_model(options: ExportOptions, console=None) -> ExportResult:
     if options.io not in ("int8", "uint8", "float"):
         raise EdgeclfError(f"--io {options.io!r}: choose int8, uint8 or float")
     formats = select_formats(options.formats, options.int8)
-    if options.qat and not any(f.int8 for f in formats):
-        raise EdgeclfError("--qat trains for int8: add --int8 (and an int8 format)")
+    if options.qat and not any(f.name == "tflite-int8" for f in formats):
+        raise EdgeclfError("--qat fine-tunes for the int8 TFLite model: add --int8 (and tflite-int8 to --formats)")
     source = resolve_source(options.target, data=options.data, labels=options.labels, imgsz=options.imgsz,
                             resize=options.resize)
     out_dir = Path(options.out) if options.out else source.default_out
@@ -180,12 +185,7 @@ def export_model(options: ExportOptions, console=None) -> ExportResult:
     stale = out_dir / CONTRACT_FILE
     if stale.exists():  # a half-finished re-export must not look complete with the old contract
         stale.unlink()
-    job = ExportJob(source, options, bundle, out_dir, model, warn)
-
-    if options.qat:
-        from edgeclf.convert import qat
-
-        job._quant_model = qat.quantization_aware_model(job, console)
+    job = ExportJob(source, options, bundle, out_dir, model, warn, console)
 
     rows: list[dict] = []
     artifacts: list[tuple[ExportFormat, Artifact]] = []
@@ -275,6 +275,11 @@ def _verify(job: ExportJob, artifacts, rows, failures, warnings, console) -> dic
     max_diff = float(np.abs(keras_probs - ref_probs[:k]).max())
     ref_pred = ref_probs.argmax(axis=1)
     ref_top1 = float((ref_pred == labels).mean())
+    ref_share = verify.predicted_share(ref_pred, len(bundle.classes))
+    if ref_share >= verify.COLLAPSE_SHARE:
+        warnings.append(f"the trained model itself predicts '{bundle.classes[int(np.bincount(ref_pred).argmax())]}' "
+                        f"for {ref_share:.0%} of the validation images: check training (the export is faithful)")
+        console.print(f"[yellow]warning:[/yellow] {warnings[-1]}")
     reference = {"artifact": "tflite-fp32", "val_top1": round(ref_top1, 4), "val_images": int(len(val)),
                  "keras_check_images": int(k), "keras_max_abs_diff": round(max_diff, 6),
                  "note": "agreement and drop are measured against the fp32 TFLite model, checked against "

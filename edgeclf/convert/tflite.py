@@ -93,11 +93,18 @@ def export(fmt, job) -> Artifact:
     from edgeclf.convert import metadata
 
     calib = job.calibration() if fmt.precision == "int8" else None
-    data = convert(job.keras_model(), fmt.precision, calib, io=job.options.io)
+    if fmt.precision == "int8" and job.options.qat:
+        from edgeclf.convert import qat
+
+        data = qat.qat_tflite(job, job.console)
+    else:
+        data = convert(job.keras_model(), fmt.precision, calib, io=job.options.io)
     inp, out = io_specs(data)
     artifact = Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision, input=inp, output=out)
     if fmt.precision == "int8":
         artifact.extra["calibration_images"] = len(calib)
+        if job.qat_info is not None:
+            artifact.extra["qat"] = job.qat_info
     data = metadata.add_tflite_metadata(data, job.bundle, artifact)
     job.write_model(fmt.file, data)
     return artifact

@@ -40,13 +40,24 @@ def predict(model_ref, images: np.ndarray, threads: int | None = None) -> tuple[
         backend.close()
 
 
+def predicted_share(pred: np.ndarray, num_classes: int) -> float:
+    """Share of the most-predicted class."""
+    return float(np.bincount(pred, minlength=num_classes).max() / max(1, len(pred)))
+
+
 def collapse_reason(pred: np.ndarray, labels: np.ndarray, num_classes: int, top1: float,
-                    reference_top1: float | None, classes: list[str]) -> str | None:
-    """Why these predictions look like a collapsed model, or None."""
+                    reference_top1: float | None, classes: list[str],
+                    reference_share: float | None = None) -> str | None:
+    """Why these predictions look like a model the conversion broke, or None.
+
+    Judged against the float reference: when the trained model itself predicts one class for nearly
+    everything (e.g. untrained weights), the export is faithful and that is the trainer's problem.
+    """
     counts = np.bincount(pred, minlength=num_classes)
     share = counts.max() / max(1, len(pred))
     true_share = np.bincount(labels, minlength=num_classes).max() / max(1, len(labels))
-    if share >= COLLAPSE_SHARE and true_share < COLLAPSE_TRUE_SHARE:
+    reference_ok = reference_share is None or reference_share < COLLAPSE_SHARE
+    if share >= COLLAPSE_SHARE and true_share < COLLAPSE_TRUE_SHARE and reference_ok:
         return f"predicts '{classes[int(counts.argmax())]}' for {share:.0%} of the validation images"
     chance = 1.0 / num_classes
     if reference_top1 is not None and reference_top1 - chance > 0.1:
@@ -62,7 +73,8 @@ def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
     agreement = float((pred == reference_pred).mean()) if reference_pred is not None else None
     drop = round((reference_top1 - top1) * 100, 2) if reference_top1 is not None else None
     counts = np.bincount(pred, minlength=len(classes))
-    reason = collapse_reason(pred, labels, len(classes), top1, reference_top1, classes)
+    ref_share = predicted_share(reference_pred, len(classes)) if reference_pred is not None else None
+    reason = collapse_reason(pred, labels, len(classes), top1, reference_top1, classes, ref_share)
     return Verification(name, top1, agreement, drop, float(counts.max() / max(1, len(pred))),
                         int(counts.argmax()), reason, engine)
 
@@ -70,8 +82,8 @@ def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
 def advice(fmt_name: str, precision: str) -> str:
     """What to try when an artifact loses more than --max-drop."""
     if fmt_name == "onnx-int8":
-        return ("more --calib-images, --onnx-calibrate percentile, or ship onnx-fp32 / the TFLite int8 model; "
-                "per-channel weights are already the default")
+        return ("more --calib-images, --onnx-calibrate percentile, --onnx-reduce-range (with per-channel, "
+                "the defaults), or ship onnx-fp32 / the TFLite int8 model")
     if precision == "int8":
         return "more --calib-images, fp16 (tflite-fp16) instead, or --qat (quantization-aware training)"
     if precision == "dynamic":

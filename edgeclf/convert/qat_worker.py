@@ -1,0 +1,111 @@
+"""The tf_keras side of ``--qat`` (see :mod:`edgeclf.convert.qat`). Run only as a subprocess:
+
+    TF_USE_LEGACY_KERAS=1 python -m edgeclf.convert.qat_worker SPEC.json
+
+Errors are printed as one line ``QAT-ERROR: ...`` and exit code 1.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class QatError(Exception):
+    pass
+
+
+def build_tf_keras(spec: dict, weights: dict):
+    import tf_keras as K
+
+    size = spec["imgsz"]
+    inputs = K.Input((size, size, 3), name="image")
+    if spec["preprocess"] in ("tf", "unit"):
+        # Rescaling as a frozen 1x1 depthwise conv: same arithmetic, a layer tfmot knows how to quantize.
+        scale, offset = (1 / 127.5, -1.0) if spec["preprocess"] == "tf" else (1 / 255.0, 0.0)
+        pre = K.layers.DepthwiseConv2D(1, use_bias=True, name="preprocess", trainable=False)
+        x = pre(inputs)
+        pre.set_weights([np.full((1, 1, 3, 1), scale, np.float32), np.full((3,), offset, np.float32)])
+    elif spec["preprocess"] == "caffe":
+        pre = K.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        x = pre(inputs)
+    elif spec["preprocess"] == "none":
+        x = inputs
+    else:
+        raise QatError(f"preprocessing {spec['preprocess']!r} is not supported")
+    ctor = getattr(K.applications, spec["constructor"])
+    kwargs = {"alpha": spec["alpha"]} if spec["alpha"] is not None else {}
+    base = ctor(include_top=False, weights=None, input_tensor=x, **kwargs)
+    x = K.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    x = K.layers.Dropout(0.2, name="head_dropout")(x)
+    if spec["head_units"]:
+        x = K.layers.Dense(spec["head_units"], activation="relu", name="head_dense")(x)
+        x = K.layers.Dropout(0.2, name="head_dropout2")(x)
+    out = K.layers.Dense(spec["num_classes"], activation="softmax", name="head_logits")(x)
+    model = K.Model(inputs, out)
+    by_layer: dict[str, list] = {}
+    for key in weights:
+        name, i = key.rsplit("::", 1)
+        by_layer.setdefault(name, []).append((int(i), weights[key]))
+    for layer in model.layers:
+        if layer.name in by_layer and not (layer.name == "preprocess" and spec["preprocess"] != "caffe"):
+            layer.set_weights([w for _, w in sorted(by_layer[layer.name], key=lambda t: t[0])])
+        if isinstance(layer, K.layers.BatchNormalization):
+            layer.trainable = False  # keep the trained statistics; small QAT batches would ruin them
+    return model
+
+
+def main(spec_path: str) -> None:
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as K
+
+    spec = json.loads(Path(spec_path).read_text())
+    d = Path(spec["dir"])
+    t0 = time.time()
+    weights = dict(np.load(d / "weights.npz"))
+    model = build_tf_keras(spec, weights)
+    probe_x, probe_p = np.load(d / "probe_x.npy"), np.load(d / "probe_p.npy")
+    diff = float(np.abs(model.predict(probe_x, verbose=0) - probe_p).max())
+    if diff > 1e-3:
+        raise QatError(f"the tf_keras rebuild does not reproduce the trained model (max |dp| {diff:.3g})")
+    try:
+        qmodel = tfmot.quantization.keras.quantize_model(model)
+    except Exception as exc:
+        raise QatError(f"tfmot cannot quantize it ({str(exc).splitlines()[0][:200]})") from None
+    qmodel.compile(K.optimizers.Adam(spec["lr"]), K.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    x, y = np.load(d / "train_x.npy"), np.load(d / "train_y.npy")
+    ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0)
+          .map(lambda a, b: (tf.cast(a, tf.float32), b)).batch(spec["batch"]))
+    hist = qmodel.fit(ds, epochs=spec["epochs"], verbose=0)
+    calib = np.load(d / "calib.npy")
+
+    def representative():
+        for img in calib:
+            yield [img[None].astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(qmodel)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    io = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}[spec["io"]]
+    conv.inference_input_type = io
+    conv.inference_output_type = io
+    (d / "model_int8.tflite").write_bytes(conv.convert())
+    acc = hist.history.get("accuracy", [float("nan")])[-1]
+    (d / "result.json").write_text(json.dumps({"seconds": time.time() - t0, "train_accuracy": float(acc),
+                                               "rebuild_max_abs_diff": diff, "epochs": spec["epochs"]}))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1])
+    except QatError as exc:
+        print(f"QAT-ERROR: {exc}", flush=True)
+        sys.exit(1)
+    except Exception as exc:  # one line for the parent, whatever tfmot/tf_keras raised
+        print(f"QAT-ERROR: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", flush=True)
+        sys.exit(1)

@@ -1,0 +1,273 @@
+"""edgeclf export on real models and real photos (hymenoptera): formats, contract, metadata,
+quantization parameters, verification and its failure modes, atomic writes, one-line errors.
+
+The main model is trained by the real trainer (MobileNetV2 0.35 at 96 px, head only, ~30 s) and
+exported once per session; everything here checks numbers measured on the exported files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeclf.cli import main
+from edgeclf.contract import CONTRACT_FILE, LABELS_FILE, METADATA_KEY, load_bundle
+from edgeclf.convert.exporter import EXIT_DROP, EXIT_FAILED, EXIT_OK, ExportOptions, export_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")]
+IMGSZ = 96
+CALIB = 64  # small on purpose (warning expected): the suite must stay fast
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, hymenoptera) -> Path:
+    from edgeclf.config import TrainConfig
+    from edgeclf.train.trainer import train
+
+    project = tmp_path_factory.mktemp("runs")
+    info = train(TrainConfig(data=str(hymenoptera), model="mobilenet_v2_035", imgsz=IMGSZ, epochs=6,
+                             fine_tune_epochs=0, project=str(project), name="exp"), console=_quiet())
+    return info.dir
+
+
+def _quiet():
+    from rich.console import Console
+
+    return Console(file=open("/dev/null", "w"), width=120)
+
+
+@pytest.fixture(scope="session")
+def exported(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    result = export_model(ExportOptions(target=run_dir, out=out, int8=True, io="uint8", calib_images=CALIB,
+                                        max_drop=100.0), console=_quiet())
+    return result
+
+
+def test_every_format_exported_verified_and_listed(exported, run_dir):
+    assert exported.exit_code == EXIT_OK, exported.failures
+    bundle = load_bundle(exported.out_dir)
+    names = [a.name for a in bundle.artifacts]
+    assert names == ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32", "onnx-int8"]
+    files = {a.name: a.file for a in bundle.artifacts}
+    assert files["tflite-int8"] == "model_int8.tflite" and files["onnx-fp32"] == "model_fp32.onnx"
+    for a in bundle.artifacts:
+        path = exported.out_dir / a.file
+        assert a.bytes == path.stat().st_size
+        assert a.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert 0.0 <= a.val_top1 <= 1.0 and a.extra["val_images"] == 153
+    # no temporary files left behind
+    assert not [p.name for p in exported.out_dir.iterdir() if p.name.startswith(".")]
+
+    ref = bundle.source["reference"]
+    assert ref["keras_max_abs_diff"] < 1e-3  # the fp32 TFLite reference matches Keras
+    assert ref["val_top1"] > 0.7  # a real model, not chance
+    report = json.loads((run_dir / "report.json").read_text())
+    assert bundle.source["keras_val_top1"] == pytest.approx(report["top1"])
+    assert abs(ref["val_top1"] - report["top1"]) < 0.02  # trainer (Keras) and runtime agree on val
+    by = {a.name: a for a in bundle.artifacts}
+    for name in ("tflite-fp32", "tflite-fp16", "onnx-fp32"):  # float formats: exact
+        assert by[name].extra["agreement"] >= 0.99 and abs(by[name].extra["drop_pt"]) <= 1.0
+    for name in ("tflite-int8", "onnx-int8"):  # quantized: close, measured
+        assert by[name].extra["agreement"] >= 0.85, by[name].extra
+        assert by[name].extra["drop_pt"] == pytest.approx((ref["val_top1"] - by[name].val_top1) * 100, abs=0.01)
+    # int8 is much smaller than fp32 (about 4x on big models; this tiny one carries fixed overheads)
+    assert by["tflite-int8"].bytes < 0.5 * by["tflite-fp32"].bytes
+    assert by["onnx-int8"].bytes < 0.5 * by["onnx-fp32"].bytes
+
+
+def test_labels_in_order(exported, run_dir):
+    split = json.loads((run_dir / "split.json").read_text())
+    labels = (exported.out_dir / LABELS_FILE).read_text().splitlines()
+    assert labels == split["classes"] == ["ants", "bees"]
+    assert json.loads((exported.out_dir / CONTRACT_FILE).read_text())["classes"] == labels
+
+
+def test_int8_quantization_parameters_applied(exported, hymenoptera):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeclf.imageio import load_resized
+
+    bundle = load_bundle(exported.out_dir)
+    art = bundle.artifact("tflite-int8")
+    it = Interpreter(model_path=str(exported.out_dir / art.file))
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    # --io uint8 with Rescaling inside the graph: the raw pixel is the input (FACTS.md)
+    assert i["dtype"] == np.uint8 and o["dtype"] == np.uint8
+    assert (art.input.dtype, art.input.scale, art.input.zero_point) == ("uint8", i["quantization"][0], i["quantization"][1])
+    assert (art.output.dtype, art.output.scale, art.output.zero_point) == ("uint8", o["quantization"][0], o["quantization"][1])
+    assert art.input.scale == pytest.approx(1.0) and art.input.zero_point == 0
+    # feeding raw pixels and dequantizing with the recorded output parameters gives probabilities
+    img = load_resized(next((hymenoptera / "val" / "bees").iterdir()), IMGSZ, IMGSZ, "bilinear")
+    it.set_tensor(i["index"], img[None])
+    it.invoke()
+    probs = (it.get_tensor(o["index"]).astype(np.float32) - art.output.zero_point) * art.output.scale
+    assert probs.sum() == pytest.approx(1.0, abs=0.05)
+
+    # ONNX int8: QDQ with per-channel weight scales (one scale per output channel of the first conv)
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(exported.out_dir / "model_int8.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inits = {t.name: t for t in model.graph.initializer}
+    conv_w = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+              and numpy_helper.to_array(inits[n.input[0]]).ndim == 4]
+    assert conv_w and max(numpy_helper.to_array(inits[n.input[1]]).size for n in conv_w) > 1
+
+
+def test_tflite_metadata_readable_back(exported):
+    from edgeclf.convert.metadata import read_tflite_metadata
+
+    for file in ("model_fp32.tflite", "model_int8.tflite"):
+        data = (exported.out_dir / file).read_bytes()
+        meta = read_tflite_metadata(data)
+        assert meta["files"][LABELS_FILE].decode().splitlines() == ["ants", "bees"]
+        assert json.loads(meta["files"]["edgeclf.json"])["classes"] == ["ants", "bees"]
+        assert meta["edgeclf"]["input"]["height"] == IMGSZ
+        sg = meta["metadata"]["subgraphs"][0]
+        (inp,), (out,) = sg["inputs"], sg["outputs"]
+        assert inp["content_type"] == "image" and inp["color_space"] == 1  # RGB
+        assert inp["normalization"] == {"mean": [0.0], "std": [1.0]}  # raw 0..255: normalisation is in the graph
+        assert out["associated_files"][0]["name"] == LABELS_FILE and out["associated_files"][0]["type"] == 2
+        assert zipfile.is_zipfile(exported.out_dir / file)
+    # the runtime, given a lone file, finds labels and input size inside it
+    from edgeclf.runtime.backends import open_backend
+
+    backend = open_backend(exported.out_dir / "model_int8.tflite")
+    assert backend.model.classes == ["ants", "bees"] and backend.model.artifact.precision == "int8"
+
+
+def test_onnx_metadata_props(exported):
+    import onnx
+
+    for file in ("model_fp32.onnx", "model_int8.onnx"):
+        model = onnx.load(str(exported.out_dir / file))
+        props = {p.key: p.value for p in model.metadata_props}
+        d = json.loads(props[METADATA_KEY])
+        assert d["classes"] == ["ants", "bees"] and d["input"]["layout"] == "NHWC"
+        assert model.opset_import[0].version >= 13
+        shape = [x.dim_value for x in model.graph.input[0].type.tensor_type.shape.dim]
+        assert shape[1:] == [IMGSZ, IMGSZ, 3]  # NHWC as trained
+
+
+def test_collapse_detected_on_broken_calibration(run_dir, tmp_path):
+    """Calibrating on images scaled to 0..1 (a classic bug) makes real photos saturate the input."""
+    from edgeclf.convert.calibration import CalibrationSet, calibration_set, load_images
+    from edgeclf.train.rundir import load_run
+
+    run = load_run(run_dir)
+    good = calibration_set(run.dataset().train, 32, IMGSZ, IMGSZ, "bilinear")
+    broken = CalibrationSet((good.images // 255).astype(np.uint8))  # 0..1 instead of 0..255
+    out = tmp_path / "export"
+    result = export_model(ExportOptions(target=run_dir, out=out, int8=True, formats="tflite-fp32,tflite-int8",
+                                        calibration=broken), console=_quiet())
+    assert result.exit_code == EXIT_FAILED
+    assert any("tflite-int8 collapsed" in f for f in result.failures), result.failures
+    assert not (out / "model_int8.tflite").exists()
+    assert [a.name for a in load_bundle(out).artifacts] == ["tflite-fp32"]
+
+
+def test_drop_above_max_drop_is_a_warning_with_exit_code(run_dir, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "e"), "--int8", "--formats",
+                               "tflite-int8", "--calib-images", "8", "--max-drop", "0"])
+    bundle = load_bundle(tmp_path / "e")
+    drop = bundle.artifact("tflite-int8").extra["drop_pt"]
+    if drop > 0:
+        assert res.exit_code == EXIT_DROP, res.output
+        assert "--max-drop" in res.output and "--qat" in res.output
+    else:  # a lucky calibration: no drop, no warning
+        assert res.exit_code == EXIT_OK, res.output
+    assert "edgeclf bench" in res.output and "edgeclf run" in res.output
+
+
+def test_killed_write_leaves_nothing_that_looks_complete(run_dir, tmp_path, monkeypatch):
+    from edgeclf import fsutil
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / CONTRACT_FILE).write_text('{"stale": true}')
+
+    def killed(fd):
+        raise KeyboardInterrupt  # the process dies while the model's bytes are being flushed
+
+    monkeypatch.setattr(fsutil.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(ExportOptions(target=run_dir, out=out, formats="tflite-fp32"), console=_quiet())
+    assert not (out / "model_fp32.tflite").exists()
+    assert not (out / CONTRACT_FILE).exists()  # the old contract must not describe a half-done export
+    assert list(out.iterdir()) == []
+
+
+def test_bare_keras_model_with_data(run_dir, tmp_path, hymenoptera):
+    model = tmp_path / "m.keras"
+    shutil.copy(run_dir / "weights" / "best.keras", model)
+    (tmp_path / "labels.txt").write_text("ants\nbees\n")
+    res = CliRunner().invoke(main, ["export", str(model), "--data", str(hymenoptera), "--formats", "tflite-fp32",
+                                    "--labels", str(tmp_path / "labels.txt")])
+    assert res.exit_code == 0, res.output
+    bundle = load_bundle(tmp_path / "export")
+    assert bundle.classes == ["ants", "bees"] and bundle.input.height == IMGSZ
+    assert bundle.artifact("tflite-fp32").val_top1 > 0.7
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}"], "no such run folder or model file"),
+    (["{corrupt}"], "not a readable .keras model"),
+    (["{bare}"], "give --data DATA"),
+    (["{run}", "--formats", "tflite-int8"], "needs --int8"),
+    (["{run}", "--formats", "coreml"], "unknown format 'coreml'"),
+    (["{notrun}"], "not an edgeclf run folder"),
+])
+def test_bad_inputs_give_one_line_errors(args, message, run_dir, tmp_path):
+    corrupt_run = tmp_path / "corrupt"
+    shutil.copytree(run_dir, corrupt_run, ignore=shutil.ignore_patterns("export"))
+    (corrupt_run / "weights" / "best.keras").write_bytes(b"PK\x03\x04 truncated")
+    bare = tmp_path / "m.keras"
+    shutil.copy(run_dir / "weights" / "best.keras", bare)
+    (tmp_path / "notrun").mkdir()
+    paths = {"missing": tmp_path / "nope", "corrupt": corrupt_run, "bare": bare, "run": run_dir,
+             "notrun": tmp_path / "notrun"}
+    res = CliRunner().invoke(main, ["export"] + [a.format(**paths) for a in args])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1], res.output
+    assert "Traceback" not in res.output
+
+
+def test_corrupt_keras_with_valid_zip_header_is_one_line(run_dir, tmp_path):
+    bad = tmp_path / "run"
+    shutil.copytree(run_dir, bad, ignore=shutil.ignore_patterns("export"))
+    with zipfile.ZipFile(bad / "weights" / "best.keras", "w") as zf:
+        zf.writestr("config.json", "{not json")
+    res = CliRunner().invoke(main, ["export", str(bad), "--formats", "tflite-fp32"])
+    assert res.exit_code == 2 and "Keras cannot load this model" in res.output, res.output
+
+
+@pytest.mark.parametrize("model, size, formats", [
+    ("efficientnet_b0", 32, "tflite-fp32,tflite-int8,onnx-fp32"),
+    ("inception_resnet_v2", 75, "tflite-fp32"),  # 54 M parameters: one format keeps the suite fast
+])
+def test_other_backbones_export_end_to_end(model, size, formats, tmp_path):
+    from export_helpers import build_run
+
+    run = build_run(tmp_path / "run", model=model, imgsz=size, weights="none", epochs=0)
+    result = export_model(ExportOptions(target=run, int8="int8" in formats, formats=formats, calib_images=16,
+                                        max_drop=100.0, verify_images=32), console=_quiet())
+    bundle = load_bundle(run / "export")
+    assert [a.name for a in bundle.artifacts] == formats.split(",")
+    assert result.exit_code in (EXIT_OK, EXIT_DROP)
+    fp32 = bundle.artifact("tflite-fp32")
+    assert fp32.extra["agreement"] == 1.0 and bundle.source["reference"]["keras_max_abs_diff"] < 1e-3
+    if "onnx-fp32" in formats:
+        assert bundle.artifact("onnx-fp32").extra["agreement"] >= 0.95
