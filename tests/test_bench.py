@@ -1,0 +1,294 @@
+"""`edgeclf bench` on real exports and real photos (hymenoptera val, 153 images).
+
+The main export comes from the real `edgeclf train` (MobileNetV2 0.35 at 96 px, head only) and
+`edgeclf export --int8` (six artifacts), both run as subprocesses so this process never imports
+TensorFlow; it is cached in the temp folder, keyed on the training/export sources. The second export is
+the runtime tests' model (tests/runtime_models.py, 128 px, shared cache). Every number checked here is
+measured; there are no timing assertions.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeclf.bench.report import CSV_COLUMNS
+from edgeclf.cli import main
+from edgeclf.contract import load_bundle
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import runtime_models  # noqa: E402
+
+IMGSZ = 96
+EDGECLF = str(Path(sys.executable).parent / "edgeclf")
+FAST = ["--runs", "3", "--warmup", "1"]
+
+
+def _sources_key() -> str:
+    """Rebuild the cached export when the code that trains or exports it changes."""
+    h = hashlib.sha256()
+    for sub in ("train", "convert", "models", "data", "runtime"):
+        for p in sorted((ROOT / "edgeclf" / sub).glob("*.py")):
+            h.update(p.read_bytes())
+    for p in ("contract.py", "imageio.py", "config.py"):
+        h.update((ROOT / "edgeclf" / p).read_bytes())
+    return h.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def export_dir(hymenoptera) -> Path:
+    """A real `edgeclf train` + `edgeclf export --int8` folder (six artifacts, val_top1 measured)."""
+    base = Path(tempfile.gettempdir()) / f"edgeclf-bench-test-{_sources_key()}"
+    export = base / "exp" / "export"
+    if not (base / "DONE").is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        for cmd in ([EDGECLF, "train", str(hymenoptera), "--model", "mobilenet_v2_035", "--imgsz", str(IMGSZ),
+                     "--epochs", "6", "--fine-tune-epochs", "0", "--project", str(base), "--name", "exp"],
+                    [EDGECLF, "export", str(base / "exp"), "--int8", "--io", "uint8", "--calib-images", "64",
+                     "--max-drop", "100"]):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+            assert proc.returncode == 0, (cmd, proc.stdout[-2000:], proc.stderr[-3000:])
+        (base / "DONE").write_text("ok\n")
+    return export
+
+
+@pytest.fixture(scope="session")
+def second_export() -> Path:
+    """The runtime tests' 128 px model (tflite fp32/int8, onnx fp32), same cache as tests/test_runtime.py."""
+    out = Path(tempfile.gettempdir()) / f"edgeclf-runtime-models-{runtime_models.fixture_key(0.35, 128)}"
+    if not (out / "DONE").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run([sys.executable, str(Path(runtime_models.__file__)), str(out), "--size", "128"],
+                              capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "export"
+
+
+# The bench as a user runs it, in a process of its own, which must never import TensorFlow.
+NO_TF = r"""
+import sys
+from edgeclf.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code or 0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+print("HEAVY:", heavy)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="session")
+def bench_out(export_dir, hymenoptera, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    log = out.parent / "log.jsonl"
+    proc = subprocess.run([sys.executable, "-c", NO_TF, "bench", str(export_dir), "--data", str(hymenoptera),
+                           "--out", str(out), "--runs", "20", "--warmup", "2", "--min-top1", "0.5", "--log", str(log)],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    return out, proc
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_bench_runs_without_tensorflow(bench_out):
+    out, proc = bench_out
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "HEAVY: []" in proc.stdout
+    for col in ("Format", "Status", "Size", "top-1", "Δ", "p50", "p90", "p99", "FPS", "RAM"):
+        assert col in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_files_have_one_row_per_artifact_and_backend(bench_out, export_dir):
+    out, proc = bench_out
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("bench.csv", "bench.json", "bench.md", "bench.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 200, name
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bundle = load_bundle(export_dir)
+    with open(out / "bench.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == CSV_COLUMNS
+    rows = _csv(out / "bench.csv")
+    expected = [(a.name, "litert") for a in bundle.artifacts if a.format == "tflite"] + \
+        [(a.name, b) for a in bundle.artifacts if a.format == "onnx" for b in
+         (("onnxruntime", "opencv") if a.precision == "fp32" else ("onnxruntime",))]
+    assert sorted((r["format"], r["backend"]) for r in rows) == sorted(expected)
+    assert len(expected) == 7  # tflite fp32/fp16/dynamic/int8, onnx fp32 (two backends), onnx int8
+    assert all(r["status"] == "ok" for r in rows), [(r["format"], r["backend"], r["note"]) for r in rows]
+
+    data = json.loads((out / "bench.json").read_text())
+    assert len(data["rows"]) == len(rows)
+    m = data["machine"]
+    assert m["cpu"] and m["cores"] >= 1 and m["python"] and "onnxruntime" in m["versions"]
+    assert "ai-edge-litert" in m["versions"] and m["threads"] == data["settings"]["threads"]
+    assert data["settings"]["runs"] == 20 and data["settings"]["warmup"] == 2
+    assert data["exports"][0]["reference"]["format"] == "tflite-fp32"
+    md = (out / "bench.md").read_text()
+    assert "| Format | Backend | Status | Size | top-1 | Δ | p50 | p90 | p99 | FPS | RAM |" in md
+    for a in bundle.artifacts:
+        assert f"| {a.name} |" in md
+    assert m["cpu"] in md and "bench.png" in md
+
+
+def test_numbers_agree_with_export_and_are_consistent(bench_out, export_dir):
+    out, _ = bench_out
+    bundle = load_bundle(export_dir)
+    rows = _csv(out / "bench.csv")
+    by = {(r["format"], r["backend"]): r for r in rows}
+    ref_top1 = float(by[("tflite-fp32", "litert")]["top1"])
+    for r in rows:
+        art = bundle.artifact(r["format"])
+        n = int(r["val_images"])
+        assert n == 153 == art.extra["val_images"]
+        top1 = float(r["top1"])
+        # the same images through the same runtime as export: the same top-1 (edgeclf.json rounds to 4 places)
+        if r["backend"] != "opencv":
+            assert top1 == pytest.approx(art.val_top1, abs=1e-4), (r["format"], top1, art.val_top1)
+            assert abs(float(r["export_diff_pt"])) <= 0.01
+            assert float(r["export_top1"]) == pytest.approx(art.val_top1)
+        assert float(r["drop_pt"]) == pytest.approx((ref_top1 - top1) * 100, abs=0.011)
+        assert 0.0 <= float(r["macro_f1"]) <= 1.0 and r["top5"] == ""  # two classes: no top-5
+        p50, p90, p99 = (float(r[k]) for k in ("p50_ms", "p90_ms", "p99_ms"))
+        assert 0 < float(r["min_ms"]) <= p50 <= p90 <= p99 <= float(r["max_ms"])
+        assert float(r["fps"]) == pytest.approx(1000 / float(r["mean_ms"]), rel=1e-3)
+        assert float(r["rss_peak_mib"]) >= float(r["rss_baseline_mib"]) > 0
+        assert float(r["load_ms"]) > 0 and r["engine"]
+        assert int(r["size_bytes"]) == (export_dir / art.file).stat().st_size == art.bytes
+    fp32 = by[("tflite-fp32", "litert")]
+    assert float(fp32["drop_pt"]) == 0 and float(fp32["agreement"]) == 1.0
+    for key in (("tflite-fp16", "litert"), ("onnx-fp32", "onnxruntime"), ("onnx-fp32", "opencv")):
+        assert float(by[key]["agreement"]) >= 0.99, key  # float formats: the same model
+    for key in (("tflite-int8", "litert"), ("onnx-int8", "onnxruntime")):
+        assert 0.8 <= float(by[key]["agreement"]) <= 1.0, key
+    # the int8 model holds less than the float one in memory (smaller weights), measured per process
+    assert float(by[("tflite-int8", "litert")]["rss_model_mib"]) < float(by[("tflite-fp32", "litert")]["rss_model_mib"])
+
+
+def test_top1_recomputed_independently(bench_out, export_dir, hymenoptera):
+    """The float model's top-1 and macro-F1, recomputed here through the runtime and the one decoder."""
+    from edgeclf.data.dataset import scan
+    from edgeclf.imageio import load_resized
+    from edgeclf.runtime import ModelRef, open_backend
+    from edgeclf.train.report import classification_report
+
+    out, _ = bench_out
+    bundle = load_bundle(export_dir)
+    ds = scan(hymenoptera)
+    images = np.stack([load_resized(s.path, IMGSZ, IMGSZ, bundle.input.resize) for s in ds.val])
+    labels = np.array([bundle.classes.index(ds.classes[s.label]) for s in ds.val])
+    backend = open_backend(ModelRef.from_bundle(bundle, "tflite-fp32"), backend="litert", threads=2)
+    rep = classification_report(backend.predict(images), labels, bundle.classes)
+    row = next(r for r in _csv(out / "bench.csv") if r["format"] == "tflite-fp32")
+    assert float(row["top1"]) == pytest.approx(rep["top1"], abs=1e-6)
+    assert float(row["macro_f1"]) == pytest.approx(rep["macro_f1"], abs=1e-6)
+    per_class = json.loads((out / "bench.json").read_text())["rows"][0]["per_class"]
+    assert per_class == json.loads(json.dumps(rep["per_class"]))
+
+
+def test_log_appends_one_line_per_run(bench_out):
+    out, _ = bench_out
+    lines = (out.parent / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["out"] == str(out) and len(entry["rows"]) == 7 and entry["machine"]["cpu"]
+
+
+def test_min_top1_gate_and_thread_sweep(export_dir, hymenoptera, tmp_path):
+    runner = CliRunner()
+    high = runner.invoke(main, ["bench", str(export_dir), "--data", str(hymenoptera), "--out", str(tmp_path / "a"),
+                                "--backends", "litert", "--threads", "1,2", "--min-top1", "0.99",
+                                "--log", str(tmp_path / "log.jsonl"), *FAST])
+    assert high.exit_code == 3, high.output
+    rows = _csv(tmp_path / "a" / "bench.csv")
+    assert {r["backend"] for r in rows} == {"litert"} and sorted({r["threads"] for r in rows}) == ["1", "2"]
+    assert len(rows) == 2 * 4  # four TFLite artifacts x two thread counts
+    assert all(r["status"] == "below --min-top1" for r in rows)  # a 0.35 model at 96 px is far from 99 %
+    for fmt in {r["format"] for r in rows}:  # accuracy does not depend on the thread count
+        assert len({r["top1"] for r in rows if r["format"] == fmt}) == 1
+    low = runner.invoke(main, ["bench", str(export_dir), "--data", str(hymenoptera), "--out", str(tmp_path / "b"),
+                               "--backends", "litert", "--min-top1", "0.5", "--log", str(tmp_path / "log.jsonl"),
+                               *FAST])
+    assert low.exit_code == 0, low.output
+    assert all(r["status"] == "ok" for r in _csv(tmp_path / "b" / "bench.csv"))
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_exports_one_table(export_dir, second_export, hymenoptera, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default --out runs/bench/exp and --log runs/bench/bench_log.jsonl
+    runner = CliRunner()
+    for expected in ("exp", "exp2"):
+        result = runner.invoke(main, ["bench", str(export_dir), str(second_export), "--data", str(hymenoptera),
+                                      "--backends", "litert,onnxruntime", *FAST])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "runs" / "bench" / expected / "bench.csv").is_file()
+    assert len((tmp_path / "runs" / "bench" / "bench_log.jsonl").read_text().splitlines()) == 2
+    out = tmp_path / "runs" / "bench" / "exp"
+    rows = _csv(out / "bench.csv")
+    first, second = load_bundle(export_dir), load_bundle(second_export)
+    assert len(rows) == len(first.artifacts) + len(second.artifacts)
+    assert {r["imgsz"] for r in rows} == {"96", "128"} and len({r["model"] for r in rows}) == 2
+    assert all(r["status"] == "ok" for r in rows)
+    md = (out / "bench.md").read_text()
+    assert "| Model | Format | Backend | Status |" in md
+    data = json.loads((out / "bench.json").read_text())
+    assert [e["input"]["height"] for e in data["exports"]] == [96, 128]
+    # the second export's float reference is its own fp32 model
+    assert all(e["reference"]["format"] == "tflite-fp32" for e in data["exports"])
+    r128 = [r for r in rows if r["imgsz"] == "128"]
+    assert float(next(r for r in r128 if r["format"] == "tflite-fp32")["drop_pt"]) == 0
+
+
+def test_opencv_on_int8_is_a_status_not_a_crash(export_dir, hymenoptera, tmp_path):
+    result = CliRunner().invoke(main, ["bench", str(export_dir), "--data", str(hymenoptera), "--out", str(tmp_path),
+                                       "--backends", "opencv", "--log", "", *FAST])
+    assert result.exit_code == 0, result.output
+    rows = {r["format"]: r for r in _csv(tmp_path / "bench.csv")}
+    assert set(rows) == {"onnx-fp32", "onnx-int8"} and rows["onnx-fp32"]["status"] == "ok"
+    int8 = rows["onnx-int8"]
+    assert int8["status"] == "ok" or (int8["status"] == "fail" and int8["note"]), int8
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_inputs_one_line(export_dir, hymenoptera, tmp_path):
+    runner = CliRunner()
+    bench = lambda *args: runner.invoke(main, ["bench", *map(str, args), "--log", "", "--out", str(tmp_path / "o")])
+    _one_line_error(bench(tmp_path / "nope", "--data", hymenoptera), "no such export folder")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(bench(tmp_path / "empty", "--data", hymenoptera), "edgeclf.json")
+    _one_line_error(bench(export_dir, "--data", tmp_path / "nodata"), "no such data folder")
+    _one_line_error(bench(export_dir, "--data", hymenoptera, "--threads", "0"), "--threads")
+    _one_line_error(bench(export_dir, "--data", hymenoptera, "--min-top1", "90"), "--min-top1")
+    _one_line_error(bench(export_dir, "--data", hymenoptera, "--backends", "tensorrt"), "--backends")
+    _one_line_error(bench(export_dir, export_dir, "--data", hymenoptera), "given twice")
+    flowers_like = tmp_path / "other"
+    for split in ("train", "val"):
+        for cls, src in (("cats", "ants"), ("dogs", "bees")):
+            (flowers_like / split / cls).mkdir(parents=True)
+            for p in sorted((hymenoptera / split / src).glob("*.jpg"))[:3]:
+                shutil.copy(p, flowers_like / split / cls / p.name)
+    _one_line_error(bench(export_dir, "--data", flowers_like), "not one the model")
+    assert not (tmp_path / "o").exists()  # nothing written on bad input
