@@ -63,6 +63,7 @@ def test_every_format_exported_verified_and_listed(exported, run_dir):
         assert a.bytes == path.stat().st_size
         assert a.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         assert 0.0 <= a.val_top1 <= 1.0 and a.extra["val_images"] == 153
+    assert any(f"calibrating on {CALIB} images" in w for w in exported.warnings)  # < 100: warned
     # no temporary files left behind
     assert not [p.name for p in exported.out_dir.iterdir() if p.name.startswith(".")]
 
@@ -219,6 +220,19 @@ def test_bare_keras_model_with_data(run_dir, tmp_path, hymenoptera):
     bundle = load_bundle(tmp_path / "export")
     assert bundle.classes == ["ants", "bees"] and bundle.input.height == IMGSZ
     assert bundle.artifact("tflite-fp32").val_top1 > 0.7
+
+
+def test_format_selection():
+    from edgeclf.convert.formats import select_formats
+    from edgeclf.errors import EdgeclfError
+
+    names = lambda spec, int8: [f.name for f in select_formats(spec, int8)]
+    assert names(None, False) == ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "onnx-fp32"]
+    assert names(None, True)[-1] == "onnx-int8" and len(names(None, True)) == 6
+    assert names("onnx,tflite-fp32", True) == ["tflite-fp32", "onnx-fp32", "onnx-int8"]  # table order
+    assert names("tflite", False) == ["tflite-fp32", "tflite-fp16", "tflite-dynamic"]
+    with pytest.raises(EdgeclfError, match="needs --int8"):
+        select_formats("onnx-int8", False)
 
 
 @pytest.mark.parametrize("args, message", [
