@@ -26,8 +26,9 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
 @click.option("--qat-epochs", type=int, default=2, show_default=True, help="QAT fine-tuning epochs.")
 @click.option("--onnx-per-channel/--onnx-per-tensor", default=True, show_default=True,
               help="Quantize ONNX int8 weights per channel (default) or per tensor.")
-@click.option("--onnx-reduce-range/--onnx-full-range", default=True, show_default=True,
-              help="7-bit ONNX int8 weights: avoids saturation in ONNX Runtime's x86 (AVX2, no VNNI) kernels.")
+@click.option("--onnx-reduce-range/--onnx-full-range", default=None,
+              help="7-bit or 8-bit ONNX int8 weights (7-bit avoids saturation in ONNX Runtime's x86 kernels "
+                   "without VNNI). Default: build both, keep the one closer to fp32 on the calibration images.")
 @click.option("--onnx-calibrate", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True, help="ONNX Runtime calibration method for onnx-int8.")
 @click.option("--opset", type=click.IntRange(13, 17), default=13, show_default=True, help="ONNX opset.")

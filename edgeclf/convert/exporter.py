@@ -52,7 +52,7 @@ class ExportOptions:
     imgsz: int | None = None
     resize: str | None = None
     onnx_per_channel: bool = True
-    onnx_reduce_range: bool = True  # 7-bit weights: avoids int16 saturation in ORT's x86 kernels
+    onnx_reduce_range: bool | None = None  # 7-bit weights; None: try both, keep the closer to fp32
     onnx_calibrate: str = "minmax"  # minmax | percentile | entropy
     opset: int = 13
     seed: int = 0
@@ -311,9 +311,9 @@ def _verify(job: ExportJob, artifacts, rows, failures, warnings, console) -> dic
             (job.out_dir / art.file).unlink(missing_ok=True)
         elif v.drop_pt is not None and v.drop_pt > opts.max_drop:
             row["status"] = "drop"
-            row["note"] = f"try: {verify.advice(fmt.name, fmt.precision)}"
+            row["note"] = f"try: {verify.advice(fmt.name, fmt.precision, opts.qat)}"
             warnings.append(f"{fmt.name} loses {v.drop_pt:.2f} pt (> --max-drop {opts.max_drop}); "
-                            f"try {verify.advice(fmt.name, fmt.precision)}")
+                            f"try {verify.advice(fmt.name, fmt.precision, opts.qat)}")
         rows.append(row)
     return reference
 

@@ -79,11 +79,13 @@ def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
                         int(counts.argmax()), reason, engine)
 
 
-def advice(fmt_name: str, precision: str) -> str:
+def advice(fmt_name: str, precision: str, qat: bool = False) -> str:
     """What to try when an artifact loses more than --max-drop."""
+    if qat and fmt_name == "tflite-int8":
+        return "more --qat-epochs, or drop --qat (post-training int8), or fp16 (tflite-fp16)"
     if fmt_name == "onnx-int8":
-        return ("more --calib-images, --onnx-calibrate percentile, --onnx-reduce-range (with per-channel, "
-                "the defaults), or ship onnx-fp32 / the TFLite int8 model")
+        return ("more --calib-images, --onnx-calibrate percentile, --onnx-full-range or --onnx-reduce-range, "
+                "or ship onnx-fp32 / the TFLite int8 model (per-channel weights are the default)")
     if precision == "int8":
         return "more --calib-images, fp16 (tflite-fp16) instead, or --qat (quantization-aware training)"
     if precision == "dynamic":
