@@ -41,13 +41,26 @@ def command(model: Path, source: str, backend: str, artifact: str | None, thread
       edgeclf run export/ --source photos/ --output preds.csv --headless
       edgeclf run model_int8.tflite --source rtsp://cam.local/stream --save out.mp4
     """
-    from edgeclf.runtime.backends import open_backend
-    from edgeclf.runtime.loop import RunOptions, run_source
-
     def on_term(signum, frame):  # systemd/docker stop: the same clean shutdown as Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        previous = None
+    try:
+        _run(model, source, backend, artifact, threads, provider, top_k, threshold, headless, save, output,
+             max_frames, reconnect_timeout)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(model, source, backend, artifact, threads, provider, top_k, threshold, headless, save, output, max_frames,
+         reconnect_timeout) -> None:
+    from edgeclf.runtime.backends import open_backend
+    from edgeclf.runtime.loop import RunOptions, run_source
+
     be = open_backend(model, backend, artifact=artifact, threads=threads, provider=provider)
     ref = be.model
     others = [a.name for a in ref.bundle.artifacts if a is not ref.artifact]

@@ -246,7 +246,8 @@ class LiveSource(Source):
     live = True
 
     def __init__(self, opener: Callable[[], Capture], name: str, prep: Preprocess, *,
-                 reconnect_timeout: float | None = None, backoff: float = 0.5, max_backoff: float = 8.0):
+                 reconnect_timeout: float | None = None, backoff: float = 0.5, max_backoff: float = 8.0,
+                 hint: str = ""):
         super().__init__()
         self.opener, self.name, self.prep = opener, name, prep
         self.reconnect_timeout, self.backoff, self.max_backoff = reconnect_timeout, backoff, max_backoff
@@ -257,7 +258,7 @@ class LiveSource(Source):
         self._cap = self._open()
         if self._cap is None:
             raise SourceError(f"{name}: cannot open (no such camera, stream unreachable, or in use by another "
-                              "program)")
+                              f"program){hint}")
         self.fps = self._cap_fps(self._cap)
 
     @staticmethod
@@ -418,7 +419,9 @@ def open_source(spec: str | int, prep: Preprocess, *, reconnect_timeout: float |
     spec = str(spec).strip()
     if re.fullmatch(r"\d+", spec):
         index = int(spec)
-        return LiveSource(lambda: _video_capture(index), f"camera {index}", prep, reconnect_timeout=reconnect_timeout)
+        source = LiveSource(lambda: _video_capture(index), f"camera {index}", prep, reconnect_timeout=reconnect_timeout,
+                            hint="; a Raspberry Pi camera module opens with --source picamera")
+        return source
     m = re.fullmatch(r"picamera(\d*)", spec, re.IGNORECASE)
     if m:
         index = int(m.group(1) or 0)
