@@ -18,7 +18,7 @@ class TrainConfig:
     weights: str = "imagenet"  # imagenet | none | path to a .h5/.weights.h5
     epochs: int = 15  # stage 1: backbone frozen, head trained
     fine_tune_epochs: int = 8  # stage 2: top layers unfrozen (0: skip)
-    unfreeze: str = "20"  # top weighted backbone layers trained in stage 2, or "all"
+    unfreeze: str = "8"  # top weighted backbone layers trained in stage 2, or "all"
     batch: int = 32
     lr: float = 1e-3
     fine_tune_lr: float = 1e-4

@@ -14,7 +14,8 @@ from edgeclf.models.registry import BACKBONES
               help="imagenet (from $EDGECLF_WEIGHTS_DIR, Keras' cache, or a download), none, or a weights file.")
 @click.option("--epochs", type=int, default=15, show_default=True, help="Stage 1: backbone frozen.")
 @click.option("--fine-tune-epochs", type=int, default=8, show_default=True, help="Stage 2: top layers unfrozen (0: skip).")
-@click.option("--unfreeze", default="20", show_default=True, help="Top backbone layers to train in stage 2, or 'all'.")
+@click.option("--unfreeze", default="8", show_default=True,
+              help="Top weighted backbone layers (batch-norm included) trained in stage 2, or 'all'. More needs a GPU.")
 @click.option("--batch", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Stage 1 learning rate.")
 @click.option("--fine-tune-lr", type=float, default=1e-4, show_default=True, help="Stage 2 learning rate.")

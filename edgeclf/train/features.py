@@ -152,8 +152,57 @@ def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], list[np
         return run, "keras"
 
 
+def _augment_fn(augmenter, size: int):
+    """The Keras augmentation layers as one compiled graph (about 2x faster than eager here)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], reduce_retracing=True)
+    def augment(images):
+        return augmenter(images, training=True)
+
+    return lambda x: augment(x).numpy()
+
+
+def _batches(paths: list[str], size: int, resize: str, views: int, augment, batch: int):
+    """(view, images) for every batch of paths: decoded once, clean first, then each augmented view.
+    Produced one step ahead in a thread, so decode and augmentation (TensorFlow, GIL released)
+    overlap the LiteRT inference of the previous batch."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for start in range(0, len(paths), batch):
+                images = decode_all(paths[start:start + batch], size, resize).astype(np.float32)
+                for v in range(1 + views):
+                    if stop.is_set():
+                        return
+                    q.put((v, images if v == 0 else augment(images)))
+            q.put(None)
+        except BaseException as exc:  # surfaced in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True, name="feature-batches")
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
 def cache_features(model, cuts: list[Cut], train_paths: list[str], val_paths: list[str], size: int, resize: str,
-                   augmenter=None, views: int = 0, chunk: int = 256, progress=None):
+                   augmenter=None, views: int = 0, batch: int = 64, progress=None):
     """Features at every cut for each training image (clean, then ``views`` augmented copies) and each
     validation image, from one decode and one LiteRT pass. Returns (train, val, engine name), where
     train[i] / val[i] are float16 arrays for cuts[i]; train rows are view-major (view 0 = clean)."""
@@ -162,26 +211,19 @@ def cache_features(model, cuts: list[Cut], train_paths: list[str], val_paths: li
     bottom = keras.Model(model.input, [c.tensor for c in cuts], name="bottom")
     engine, name = make_engine(bottom)
     views = views if augmenter is not None else 0
-    n_train = len(train_paths)
-    train = [[None] * (1 + views) for _ in cuts]
-    task = progress.add_task("caching features", total=n_train * (1 + views) + len(val_paths)) if progress else None
+    augment = _augment_fn(augmenter, size) if views else None
+    task = progress.add_task("caching features", total=len(train_paths) * (1 + views) + len(val_paths)) if progress else None
     per_view: list[list[list[np.ndarray]]] = [[[] for _ in range(1 + views)] for _ in cuts]
-    for start in range(0, n_train, chunk):
-        images = decode_all(train_paths[start:start + chunk], size, resize).astype(np.float32)
-        for v in range(1 + views):
-            x = images if v == 0 else np.asarray(augmenter(images, training=True))
-            for ci, out in enumerate(engine(x)):
-                per_view[ci][v].append(out.astype(np.float16))
-            if progress is not None:
-                progress.advance(task, len(images))
-    for ci in range(len(cuts)):
-        for v in range(1 + views):
-            train[ci][v] = np.concatenate(per_view[ci][v])
+    for v, images in _batches(train_paths, size, resize, views, augment, batch):
+        for ci, out in enumerate(engine(images)):
+            per_view[ci][v].append(out.astype(np.float16))
+        if progress is not None:
+            progress.advance(task, len(images))
     val_parts: list[list[np.ndarray]] = [[] for _ in cuts]
-    for start in range(0, len(val_paths), chunk):
-        images = decode_all(val_paths[start:start + chunk], size, resize).astype(np.float32)
+    for _, images in _batches(val_paths, size, resize, 0, None, batch):
         for ci, out in enumerate(engine(images)):
             val_parts[ci].append(out.astype(np.float16))
         if progress is not None:
             progress.advance(task, len(images))
-    return [np.concatenate(t) for t in train], [np.concatenate(v) for v in val_parts], name
+    train = [np.concatenate([np.concatenate(pv) for pv in per_view[ci]]) for ci in range(len(cuts))]
+    return train, [np.concatenate(v) for v in val_parts], name
