@@ -156,3 +156,16 @@ def test_check_command(odd_folder, tmp_path):
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "no such data folder" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_small_images_are_kept_and_upsampled(tmp_path, hymenoptera):
+    """CIFAR-sized photos (32x32) are real data, not placeholders, and reach the model at its size."""
+    root = tmp_path / "tiny"
+    for c, folder in (("ants", "ants"), ("bees", "bees")):
+        (root / c).mkdir(parents=True)
+        for i, p in enumerate(sorted((hymenoptera / "train" / folder).glob("*.jpg"))[:10]):
+            Image.open(p).convert("RGB").resize((32, 32)).save(root / c / f"{i}.png")
+    ds = scan(root, val_split=0.2)
+    assert not ds.report.skipped and len(ds.samples) == 20
+    img = load_resized(ds.samples[0].path, 96, 96)
+    assert img.shape == (96, 96, 3)

@@ -127,9 +127,11 @@ PLACEHOLDER_MAX_SHARE = 0.05  # above this share they are the data (icons, synth
 
 
 def _colours(img) -> int:
+    """Distinct colours on a grid of about 64x64 samples (every pixel of a small image)."""
     import numpy as np
 
-    sample = np.ascontiguousarray(img[::4, ::4]).reshape(-1, 3)
+    step = max(1, min(img.shape[:2]) // 64)
+    sample = np.ascontiguousarray(img[::step, ::step]).reshape(-1, 3)
     packed = (sample[:, 0].astype(np.uint32) << 16) | (sample[:, 1].astype(np.uint32) << 8) | sample[:, 2]
     return int(np.unique(packed).size)
 
