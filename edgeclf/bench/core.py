@@ -422,7 +422,7 @@ def machine_info(threads: list[int]) -> dict:
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False, width=max(120, Console().width))
+    return Console(highlight=False, width=max(160, Console().width))  # the combined table is wide
 
 
 def run_bench(options: BenchOptions, console=None) -> BenchResult:

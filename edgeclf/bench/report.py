@@ -232,22 +232,34 @@ def plot(result, path: Path) -> bool:
     colour = {e.label: cmap(i % 10) for i, e in enumerate(result.exports)}
     markers = {"fp32": "o", "fp16": "s", "dynamic": "D", "int8": "^"}
     for r in points:
-        ax.scatter(r["p50_ms"], r["top1"] * 100, s=60, color=colour[r["model"]],
-                   marker=markers.get(r["precision"], "o"), edgecolor="black", linewidth=0.5)
-        name = f"{r['format']}" + (f" ({r['backend']})" if r["backend"] == "opencv" else "")
-        ax.annotate(f"{r['model'].split(' (')[0]} {name}" if several else name, (r["p50_ms"], r["top1"] * 100),
-                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+        hollow = r["backend"] == "opencv"  # the second backend of a float ONNX model: hollow marker
+        ax.scatter(r["p50_ms"], r["top1"] * 100, s=60, marker=markers.get(r["precision"], "o"),
+                   color="none" if hollow else colour[r["model"]], edgecolor=colour[r["model"]] if hollow else "black",
+                   linewidth=1.2 if hollow else 0.5)
+        if not several:  # one export: name every point; several: colours and markers say it (legend)
+            name = r["format"] + (f" ({r['backend']})" if hollow else "")
+            ax.annotate(name, (r["p50_ms"], r["top1"] * 100), textcoords="offset points", xytext=(4, 4), fontsize=7)
     lat = [r["p50_ms"] for r in points]
     if lat and max(lat) / max(min(lat), 1e-6) > 20:
+        from matplotlib.ticker import ScalarFormatter
+
         ax.set_xscale("log")
+        for axis in (ax.xaxis,):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(f"latency p50, ms (batch 1, {first_threads} threads)")
     ax.set_ylabel("validation top-1, %")
     ax.set_title("accuracy against latency")
     ax.grid(alpha=0.3)
+    handles = []
     if several:
-        for label, c in colour.items():
-            ax.scatter([], [], color=c, label=label)
-        ax.legend(fontsize=8, loc="lower right")
+        handles += [ax.scatter([], [], color=c, marker="o", label=label) for label, c in colour.items()]
+    used = {r["precision"] for r in points}
+    handles += [ax.scatter([], [], color="grey", marker=mk, label=p) for p, mk in markers.items() if p in used]
+    if any(r["backend"] == "opencv" for r in points):
+        handles.append(ax.scatter([], [], color="none", edgecolor="grey", marker="o", label="OpenCV DNN"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
     sizes, seen = [], set()
     for r in result.rows:
         key = (r["model"], r["format"])
@@ -257,7 +269,9 @@ def plot(result, path: Path) -> bool:
                           r["size_bytes"] / 1e6, colour[r["model"]]))
     bars.barh([s[0] for s in sizes], [s[1] for s in sizes], color=[s[2] for s in sizes])
     bars.invert_yaxis()
-    bars.set_xlabel("size on disk, MB")
+    if sizes and max(s[1] for s in sizes) / max(min(s[1] for s in sizes), 1e-6) > 50:
+        bars.set_xscale("log")
+    bars.set_xlabel("size on disk, MB" + (" (log scale)" if bars.get_xscale() == "log" else ""))
     bars.set_title("model size")
     bars.tick_params(axis="y", labelsize=7)
     for i, (_, mb, _) in enumerate(sizes):
