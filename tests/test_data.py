@@ -169,3 +169,17 @@ def test_small_images_are_kept_and_upsampled(tmp_path, hymenoptera):
     assert not ds.report.skipped and len(ds.samples) == 20
     img = load_resized(ds.samples[0].path, 96, 96)
     assert img.shape == (96, 96, 3)
+
+
+def test_atomic_writes_leave_no_partial_file_and_usual_mode(tmp_path):
+    from edgeclf import fsutil
+
+    target = tmp_path / "out" / "model.bin"
+    fsutil.write_bytes(target, b"complete")
+    assert target.read_bytes() == b"complete"
+    assert target.stat().st_mode & 0o044  # readable by others on the device (not mkstemp's 0600)
+    with pytest.raises(RuntimeError):
+        with fsutil.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"complete" and sorted(p.name for p in target.parent.iterdir()) == ["model.bin"]
