@@ -117,11 +117,12 @@ def test_resume_after_kill_9(tmp_path, hymenoptera):
     assert "already finished" in again.stdout
 
 
-@pytest.mark.parametrize("model,size", [("inception_resnet_v2", 75), ("efficientnet_b0", 64)])
-def test_big_backbones_train_end_to_end_without_weights(tmp_path, hymenoptera, model, size):
+# One big backbone on each path: InceptionResNetV2 the plain way (--no-cache), EfficientNetB0 on cached features.
+@pytest.mark.parametrize("model,size,cache", [("inception_resnet_v2", 75, "--no-cache"), ("efficientnet_b0", 64, "--cache")])
+def test_big_backbones_train_end_to_end_without_weights(tmp_path, hymenoptera, model, size, cache):
     project = tmp_path / "runs"
     edgeclf("train", str(hymenoptera), "--model", model, "--imgsz", str(size), "--weights", "none", "--epochs", "1",
-            "--fine-tune-epochs", "1", "--unfreeze", "4", "--cache-views", "0", "--project", str(project))
+            "--fine-tune-epochs", "1", "--unfreeze", "4", "--cache-views", "0", cache, "--project", str(project))
     run = project / "exp"
     report = json.loads((run / "report.json").read_text())
     assert report["images"] == 153 and report["model"] == model
