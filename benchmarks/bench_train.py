@@ -94,6 +94,9 @@ def main() -> None:
     if "plain_keras" in base and base["edgeclf"]["time_to_target_s"] and base["plain_keras"]["time_to_target_s"]:
         ratio = base["plain_keras"]["time_to_target_s"] / base["edgeclf"]["time_to_target_s"]
         lines += ["", f"Time to {args.target:.0%}: plain Keras / edgeclf = **{ratio:.1f}×** (same run, same machine)."]
+    if "plain_keras" in base:
+        total = base["plain_keras"]["train_s"] / base["edgeclf"]["train_s"]
+        lines += [f"Whole training (both stages, same epochs budget): plain Keras / edgeclf = **{total:.1f}×**."]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
