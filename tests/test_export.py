@@ -78,7 +78,8 @@ def test_every_format_exported_verified_and_listed(exported, run_dir):
         assert by[name].extra["agreement"] >= 0.99 and abs(by[name].extra["drop_pt"]) <= 1.0
     for name in ("tflite-int8", "onnx-int8"):  # quantized: close, measured
         assert by[name].extra["agreement"] >= 0.85, by[name].extra
-        assert by[name].extra["drop_pt"] == pytest.approx((ref["val_top1"] - by[name].val_top1) * 100, abs=0.01)
+        # top-1s are stored to 4 decimals and drop_pt to 2: recomputed, they differ by at most 0.01 + 0.005 pt
+        assert by[name].extra["drop_pt"] == pytest.approx((ref["val_top1"] - by[name].val_top1) * 100, abs=0.015)
     # int8 is much smaller than fp32 (about 4x on big models; this tiny one carries fixed overheads)
     assert by["tflite-int8"].bytes < 0.5 * by["tflite-fp32"].bytes
     assert by["onnx-int8"].bytes < 0.5 * by["onnx-fp32"].bytes

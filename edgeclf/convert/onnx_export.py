@@ -59,9 +59,40 @@ def _serialize_checked(proto) -> bytes:
     return proto.SerializeToString()
 
 
+def first_conv_names(proto) -> list[str]:
+    """The Conv nodes fed by the image without another Conv in between (the stem convolution)."""
+    produced_by = {o: n for n in proto.graph.node for o in n.output}
+    inputs = {i.name for i in proto.graph.input}
+    found = []
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        stack, seen, reaches_image = list(node.input[:1]), set(), False
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in inputs:
+                reaches_image = True
+                continue
+            src = produced_by.get(t)
+            if src is None or src.op_type == "Conv":
+                continue
+            stack.extend(src.input)
+        if reaches_image and not any(produced_by.get(t) is not None and produced_by[t].op_type == "Conv"
+                                     for t in seen):
+            found.append(node.name)
+    return found
+
+
 def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str = "minmax",
-                  reduce_range: bool = True, work_dir: Path | None = None):
-    """Static QDQ int8 ``onnx.ModelProto`` from an fp32 one, calibrated on ``calibration``."""
+                  reduce_range: bool = True, work_dir: Path | None = None, float_stem: bool = True):
+    """Static QDQ int8 ``onnx.ModelProto`` from an fp32 one, calibrated on ``calibration``.
+
+    ``float_stem`` keeps the first convolution (raw 0..255 pixels in, 3 channels) in float: on
+    MobileNetV2 1.0/224 (flowers) that alone took 8-bit weights from -1.77 to -0.82 pt.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -79,10 +110,11 @@ def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str
             raise EdgeclfError(f"onnxruntime quant_pre_process failed ({first[:200]}); is sympy installed?") from None
         cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}[method]
+        exclude = first_conv_names(onnx.load(str(pre))) if float_stem else []
         try:
             quantize_static(str(pre), str(q), calibration.ort_reader(INPUT_NAME), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=cal)
+                            calibrate_method=cal, nodes_to_exclude=exclude)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EdgeclfError(f"ONNX int8 quantization failed: {first[:300]}") from None
@@ -113,7 +145,7 @@ def quantize_int8_auto(fp32_proto, calibration, per_channel: bool, method: str, 
 
     ref = _predict(fp32_proto, calibration.images)
     scores = {}
-    for rr in (True, False):
+    for rr in (False, True):  # on a tie the first wins: 8-bit weights (-1.8 vs -4.8 pt on flowers)
         proto = quantize_int8(onnx.ModelProto.FromString(fp32_proto.SerializeToString()), calibration,
                               per_channel=per_channel, method=method, reduce_range=rr, work_dir=work_dir)
         scores[rr] = (_agreement(proto, ref, calibration), proto)
