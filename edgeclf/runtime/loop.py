@@ -141,6 +141,7 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
             pred = make_prediction(probs, classes, top_k, threshold)
             if writer is not None:
                 writer.write(frame.source, frame.index, pred, latency)
+            summary.frames += 1  # classified (and recorded): counted before anything else can be interrupted
             if draw and frame.image is not None:
                 if last_t is not None:
                     inst = 1.0 / max(t1 - last_t, 1e-6)
@@ -151,7 +152,6 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
                 if window is not None and not window.show(annotated):
                     break
             last_t = t1
-            summary.frames += 1
             if opts.max_frames is not None and summary.frames >= opts.max_frames:
                 break
             if opts.progress and src.live and t1 - last_report > 10.0:
@@ -160,6 +160,8 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
                      f"last: {pred.label} {pred.score:.2f}")
     except KeyboardInterrupt:
         summary.interrupted = True
+        if writer is not None:  # Ctrl-C between a row's write and the count: the row's frame was classified
+            summary.frames = max(summary.frames, writer.rows)
     finally:
         summary.wall_s = time.perf_counter() - started
         src.close()
