@@ -3,16 +3,18 @@
 In one run, on the same int8 MobileNetV2 1.0 224 model (built from the shared ImageNet weights by
 tests/runtime_models.py, cached) and the same photos (hymenoptera train + val):
 
-1. the bare backend: LiteRT set_tensor/invoke/get_tensor on inputs decoded, resized and quantized
-   beforehand -- the invoke rate no loop can beat;
-2. `edgeclf run MODEL --source FOLDER --headless --output preds.csv` as a user runs it (a subprocess),
-   whose throughput is the frames of its summary over its loop's wall time (decode, resize, quantize,
-   inference, top-k and CSV row included);
+1. bare: one LiteRT interpreter with N threads, set_tensor/invoke/get_tensor on inputs decoded,
+   resized and quantized beforehand -- the backend's invoke rate, the figure the target is set against;
+2. bare parallel (N >= 2): the same on N one-thread interpreters in N threads -- what the model gives on
+   N cores with no decoding at all, the stricter reference;
+3. `edgeclf run MODEL --source FOLDER --headless --output preds.csv --threads N` as a user runs it (a
+   subprocess; default mode, and --mode latency), whose throughput is the frames of its summary over its
+   loop's wall time (read, decode, resize, quantize, inference, top-k and CSV row included);
 
-alternating bare / loop for a few rounds (this machine is noisy), and the peak RSS of the `edgeclf run`
+interleaved for several rounds (this machine is noisy), and the peak RSS of the `edgeclf run`
 process against a process that imports TensorFlow and runs the same model with tf.lite.
 
-    flock /tmp/edgeclf-cpu.lock python benchmarks/bench_runtime_loop.py [--rounds 3] [--threads 2]
+    flock /tmp/edgeclf-cpu.lock python benchmarks/bench_runtime_loop.py [--rounds 7] [--threads 2 1]
 
 Writes benchmarks/results/runtime_loop.md and .json.
 """
@@ -92,6 +94,33 @@ def bare_rate(backend, tensors: list[np.ndarray]) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
+def bare_parallel_rate(backends, tensors: list[np.ndarray]) -> float:
+    """The same bare loop in one thread per one-thread interpreter, tensors shared out: the backend's best."""
+    import threading
+
+    lock, nxt = threading.Lock(), [0]
+
+    def work(backend):
+        it, i_in, i_out = backend._it, backend._in, backend._out
+        while True:
+            with lock:
+                k = nxt[0]
+                nxt[0] += 1
+            if k >= len(tensors):
+                return
+            it.set_tensor(i_in, tensors[k])
+            it.invoke()
+            it.get_tensor(i_out)
+
+    threads = [threading.Thread(target=work, args=(b,)) for b in backends]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(tensors) / (time.perf_counter() - t0)
+
+
 RSS_WRAPPER = r"""
 import os, resource, subprocess, sys
 proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -123,43 +152,67 @@ def rss_of(cmd: list[str]) -> tuple[str, float]:
     return proc.stdout, kib / 1024
 
 
+def run_fps(model: Path, folder: Path, threads: int, mode: str, tmp: str, expect: int) -> tuple[float, float]:
+    stdout, rss = rss_of(EDGECLF + ["run", str(model), "--source", str(folder), "--headless", "--output",
+                                    str(Path(tmp) / "preds.csv"), "--threads", str(threads), "--mode", mode])
+    m = re.search(r"summary: (\d+) frames.*?; ([\d.]+) FPS", stdout)
+    frames, fps = int(m.group(1)), float(m.group(2))
+    assert frames == expect, (frames, expect)
+    return fps, rss
+
+
 def measure(model: Path, folder: Path, threads: int, rounds: int, tmp: str) -> dict:
-    from edgeclf.imageio import ImageDecodeError, is_candidate, load_resized
+    from edgeclf.imageio import ImageDecodeError, is_candidate, load_rgb, resize_rgb
     from edgeclf.runtime import open_backend
 
     backend = open_backend(model, "litert", artifact="tflite-int8", threads=threads)
+    singles = [backend.clone(1) for _ in range(threads)] if threads > 1 else []
     files = sorted((p for p in folder.rglob("*") if is_candidate(p)), key=lambda p: p.relative_to(folder).as_posix())
-    tensors = []
+    tensors, sizes = [], []
     for p in files:
         try:
-            tensors.append(backend.prepare(load_resized(p, backend.height, backend.width)[None]))
+            rgb = load_rgb(p)
         except ImageDecodeError:
-            pass
+            continue
+        sizes.append(rgb.shape[:2])
+        tensors.append(backend.prepare(resize_rgb(rgb, backend.height, backend.width)[None]))
     for x in tensors[:10]:  # warm-up
         backend.infer(x)
-    bare, loop = [], []
-    for r in range(rounds):  # alternate, so that the machine's drifts hit both alike
-        bare.append(bare_rate(backend, tensors))
-        stdout, rss = rss_of(EDGECLF + ["run", str(model), "--source", str(folder), "--headless", "--output",
-                                        str(Path(tmp) / "preds.csv"), "--threads", str(threads)])
-        m = re.search(r"summary: (\d+) frames.*?; ([\d.]+) FPS", stdout)
-        frames, fps = int(m.group(1)), float(m.group(2))
-        assert frames == len(tensors), (frames, len(tensors))
-        loop.append((fps, rss))
-        print(f"threads {threads} round {r + 1}: bare {bare[-1]:.1f} img/s, edgeclf run {fps:.1f} img/s "
-              f"(ratio {fps / bare[-1]:.3f}), peak RSS {rss:.0f} MiB", file=sys.stderr)
+    # auto is what a user gets: throughput mode on a folder with 2+ threads, latency mode with one
+    modes = ["auto", "latency"] if threads > 1 else ["auto"]
+    rows = []
+    for r in range(rounds):  # interleaved, so that the machine's drifts hit every variant alike
+        row = {"bare": bare_rate(backend, tensors)}
+        if singles:
+            row["bare_parallel"] = bare_parallel_rate(singles, tensors)
+        for mode in modes:
+            row[f"run_{mode}"], row[f"rss_{mode}"] = run_fps(model, folder, threads, mode, tmp, len(tensors))
+        rows.append(row)
+        print(f"threads {threads} round {r + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()),
+              file=sys.stderr)
     path = backend.model.path
-    backend.close()
-    ratios = [f / b for (f, _), b in zip(loop, bare)]
-    return {"threads": threads, "images": len(tensors), "bare_img_s": bare, "run_img_s": [f for f, _ in loop],
-            "ratio": ratios, "ratio_median": statistics.median(ratios),
-            "ratio_of_medians": statistics.median([f for f, _ in loop]) / statistics.median(bare),
-            "peak_rss_mib": max(r for _, r in loop), "model_path": str(path)}
+    for b in [backend, *singles]:
+        b.close()
+
+    def med(key):
+        return statistics.median(row[key] for row in rows)
+
+    ratios = {f"run_{m}_vs_bare": [row[f"run_{m}"] / row["bare"] for row in rows] for m in modes}
+    if singles:
+        ratios.update({f"run_{m}_vs_bare_parallel": [row[f"run_{m}"] / row["bare_parallel"] for row in rows]
+                       for m in modes})
+    h, w = (int(statistics.median(s[i] for s in sizes)) for i in (0, 1))
+    return {"threads": threads, "images": len(tensors), "image_size": f"{w}x{h}", "rounds": rows,
+            "medians": {k: med(k) for k in rows[0]},
+            "ratio_median": {k: statistics.median(v) for k, v in ratios.items()},
+            "ratio_quartiles": {k: [float(np.percentile(v, 25)), float(np.percentile(v, 75))]
+                                for k, v in ratios.items()},
+            "peak_rss_mib": {m: max(row[f"rss_{m}"] for row in rows) for m in modes}, "model_path": str(path)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     args = ap.parse_args()
 
@@ -171,44 +224,61 @@ def main() -> None:
     _, tf_import_rss = rss_of([sys.executable, "-c", "import tensorflow"])
     result = {"machine": machine(), "model": "model_int8.tflite (MobileNetV2 1.0, 224, tflite-int8)",
               "rounds": args.rounds, "runs": runs,
-              "peak_rss_mib": {"edgeclf_run": max(r["peak_rss_mib"] for r in runs),
+              "peak_rss_mib": {"edgeclf_run": max(max(r["peak_rss_mib"].values()) for r in runs),
                                "tensorflow_lite_interpreter": tf_rss, "import_tensorflow_only": tf_import_rss},
               "date": time.strftime("%Y-%m-%d %H:%M")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "runtime_loop.json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
+    names = {"bare": "bare", "bare_parallel": "bare, one-thread interpreters in parallel",
+             "run_auto": "`edgeclf run` (default: auto)", "run_latency": "`edgeclf run --mode latency`"}
     tables = []
     for run in runs:
-        rows = "\n".join(f"| {i + 1} | {b:.1f} | {f:.1f} | {f / b:.3f} |"
-                         for i, (b, f) in enumerate(zip(run["bare_img_s"], run["run_img_s"])))
-        tables.append(f"""### {run['threads']} inference thread{'s' * (run['threads'] != 1)}
+        keys = [k for k in run["rounds"][0] if not k.startswith("rss")]
+        head = "| round | " + " | ".join(names[k] + " img/s" for k in keys) + " |"
+        rows = "\n".join(f"| {i + 1} | " + " | ".join(f"{row[k]:.1f}" for k in keys) + " |"
+                         for i, row in enumerate(run["rounds"]))
+        rows += "\n| **median** | " + " | ".join(f"**{run['medians'][k]:.1f}**" for k in keys) + " |"
+        ratio_lines = "\n".join(
+            f"- {names['run_' + k.split('_vs_')[0][4:]]} / {names[k.split('_vs_')[1]]}: median **{v:.3f}** "
+            f"(quartiles {run['ratio_quartiles'][k][0]:.3f}-{run['ratio_quartiles'][k][1]:.3f})"
+            for k, v in run["ratio_median"].items())
+        rss = ", ".join(f"{names['run_' + k]} {v:.0f} MiB" for k, v in run["peak_rss_mib"].items())
+        tables.append(f"""### --threads {run['threads']}
 
-| round | bare img/s | edgeclf run img/s | ratio |
-|---|---|---|---|
+{head}
+|{'---|' * (len(keys) + 1)}
 {rows}
 
-Median of the per-round ratios: **{run['ratio_median']:.3f}**; ratio of the medians: {run['ratio_of_medians']:.3f}
-(target ≥ 0.95). Peak RSS of `edgeclf run`: {run['peak_rss_mib']:.0f} MiB.
+Per-round ratios (target: `edgeclf run` ≥ 0.95 x bare):
+{ratio_lines}
+
+Peak RSS: {rss}.
 """)
     md = f"""# `edgeclf run` loop overhead and memory
 
 Measured by `benchmarks/bench_runtime_loop.py` on {result['date']}
-(`flock /tmp/edgeclf-cpu.lock python benchmarks/bench_runtime_loop.py`).
+(`flock /tmp/edgeclf-cpu.lock python benchmarks/bench_runtime_loop.py --rounds {args.rounds}`).
 
 Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']}, OpenCV {m['opencv']},
 ai-edge-litert {m['ai_edge_litert']}, onnxruntime {m['onnxruntime']}; {m['platform']}.
-This machine is shared and noisy (±30 % run to run, FACTS.md): read the spread, not one number.
+This machine is shared and noisy (±10-30 % run to run, FACTS.md): every round measures every variant,
+interleaved; read the medians and the quartiles of the per-round ratios, not one number.
 
 Model: {result['model']}, built from the shared ImageNet weights. Images: {runs[0]['images']} hymenoptera
-photos (train + val, JPEG, mostly 500x375), one folder tree.
+photos (train + val, JPEG, median {runs[0]['image_size']}), one folder tree.
 
-- **bare**: LiteRT `set_tensor` / `invoke` / `get_tensor` on inputs decoded, resized and quantized beforehand.
-- **edgeclf run**: `edgeclf run MODEL --source FOLDER --headless --output preds.csv --threads N` in its own
-  process; frames over the loop's wall time, as its summary prints (decode, resize, quantize, inference,
-  top-k, CSV row: all included).
+- **bare**: one LiteRT interpreter with N threads, `set_tensor` / `invoke` / `get_tensor` back to back on
+  inputs decoded, resized and quantized beforehand: the backend's invoke rate.
+- **bare, one-thread interpreters in parallel**: the same on N one-thread interpreters, one Python thread
+  each: the most this model gives on N cores with no decoding at all.
+- **`edgeclf run`**: `edgeclf run MODEL --source FOLDER --headless --output preds.csv --threads N [--mode M]`
+  in its own process; frames over the loop's wall time, as its summary prints (read, decode, resize,
+  quantize, inference, top-k, CSV row: all included). On a folder with N ≥ 2, auto is throughput mode:
+  N one-thread interpreters classify N images at a time, results written in order.
 
 {chr(10).join(tables)}
-Peak RSS (MiB): `edgeclf run` {result['peak_rss_mib']['edgeclf_run']:.0f};
+Peak RSS (MiB): `edgeclf run` {result['peak_rss_mib']['edgeclf_run']:.0f} (the most of any variant above);
 a process that imports TensorFlow and runs the same model with `tf.lite.Interpreter` {tf_rss:.0f};
 `import tensorflow` alone {tf_import_rss:.0f}.
 """

@@ -23,8 +23,9 @@ from click.testing import CliRunner
 
 from edgeclf.cli import main
 from edgeclf.imageio import bgr_to_rgb, load_resized, resize_rgb
-from edgeclf.runtime import (Classifier, LiveSource, Preprocess, RunOptions, open_backend, resolve_model,
-                             run_source)
+from edgeclf.runtime import (Classifier, LiveSource, Preprocess, RunOptions, SourceError, open_backend,
+                             resolve_model, run_source)
+from edgeclf.runtime.sources import FileSource
 from edgeclf.runtime.output import Window, display_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,11 +182,13 @@ def photo_folder(tmp_path, val_photos) -> Path:
 
 def test_run_folder_csv_matches_the_model(export_dir, photo_folder):
     out = photo_folder.parent / "preds.csv"
-    result = _cli(export_dir, "--source", photo_folder, "--output", out, "--headless", "--top-k", "2")
+    result = _cli(export_dir, "--source", photo_folder, "--output", out, "--headless", "--top-k", "2",
+                  "--threads", "2")
     assert result.exit_code == 0, result.output + result.stderr
     assert "tflite-int8" in result.stderr and "picked" in result.stderr
     assert "broken.jpg" in result.stderr and "not an image.png" in result.stderr  # skipped, named
     assert "summary: 10 frames, 0 dropped, 2 skipped" in result.output
+    assert "(2 frames at a time, one thread each)" in result.output  # a folder runs in throughput mode
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["source", "frame", "label", "score", "top1_label", "top1_score", "top2_label",
                              "top2_score", "latency_ms"]
@@ -202,6 +205,45 @@ def test_run_folder_csv_matches_the_model(export_dir, photo_folder):
         assert row["top2_label"] == classes[order[1]]
         assert float(row["top2_score"]) == pytest.approx(p[order[1]], abs=1e-6)
         assert float(row["latency_ms"]) > 0
+
+
+def test_throughput_mode_keeps_order_and_results(export_dir, tmp_path):
+    """Three one-thread interpreters on a folder: the same rows, in the same order, as one interpreter."""
+    folder = tmp_path / "photos"
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            for p in sorted((runtime_models.DATA / split / cls).glob("*.jpg"))[:12]:
+                dst = folder / split / cls
+                dst.mkdir(parents=True, exist_ok=True)
+                (dst / p.name).symlink_to(p)
+    rows = {}
+    for mode in ("latency", "throughput"):
+        out = tmp_path / f"{mode}.csv"
+        result = _cli(export_dir, "--source", folder, "--output", out, "--headless", "--threads", "3",
+                      "--mode", mode)
+        assert result.exit_code == 0, result.output + result.stderr
+        assert "summary: 48 frames" in result.output
+        assert ("3 frames at a time" in result.output) == (mode == "throughput")
+        rows[mode] = [(r["source"], r["frame"], r["label"], r["score"]) for r in csv.DictReader(out.open())]
+    assert rows["throughput"] == rows["latency"]  # int8: bit-exact whatever the thread count
+    assert [r[1] for r in rows["throughput"]] == [str(i) for i in range(48)]
+
+
+def test_throughput_mode_stops_at_a_broken_file_in_order(export_dir, val_photos, tmp_path):
+    """A source that fails mid-way: every frame before the failure is written, in order, then the error."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(val_photos[0].read_bytes()[:300])
+    paths = val_photos[:11] + [broken] + val_photos[11:20]
+    be = open_backend(export_dir, threads=2)
+    out = tmp_path / "preds.csv"
+    with pytest.raises(SourceError, match="broken.jpg"):
+        run_source(be, FileSource(paths, Preprocess(be.height, be.width), strict=True),
+                   RunOptions(headless=True, output=out, mode="throughput"))
+    rows = list(csv.DictReader(out.open()))
+    assert [r["source"] for r in rows] == [str(p) for p in val_photos[:11]]
+    probs = _expected(be, [load_resized(p, SIZE, SIZE) for p in val_photos[:11]])
+    assert [r["label"] for r in rows] == [be.model.classes[int(p.argmax())] for p in probs]
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgeclf-infer")]
 
 
 def test_threshold_and_glob(export_dir, val_photos, tmp_path):
@@ -292,8 +334,9 @@ def test_camera_drops_and_comes_back(export_dir, val_photos, tmp_path):
         assert row["score"] == pytest.approx(float(p.max()), abs=1e-6)
 
 
-def test_ctrl_c_stops_cleanly(export_dir, video_file, tmp_path):
-    be = open_backend(export_dir)
+@pytest.mark.parametrize("mode", ["latency", "throughput"])
+def test_ctrl_c_stops_cleanly(export_dir, video_file, tmp_path, mode):
+    be = open_backend(export_dir, threads=2)
 
     class Looping(_Camera):  # a camera that never ends
         def read(self):
@@ -307,10 +350,11 @@ def test_ctrl_c_stops_cleanly(export_dir, video_file, tmp_path):
     timer = threading.Timer(1.5, _thread.interrupt_main)
     timer.start()
     saved, out = tmp_path / "live.mp4", tmp_path / "live.csv"
-    summary = run_source(be, source, RunOptions(headless=True, save=saved, output=out))
+    summary = run_source(be, source, RunOptions(headless=True, save=saved, output=out, mode=mode))
     timer.join()
-    assert summary.interrupted and summary.frames > 0
+    assert summary.interrupted and summary.frames > 0 and summary.mode == mode
     assert not source._thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgeclf-infer")]  # workers joined
     assert len(_video_frames(saved)) == summary.frames  # the video was finished, not left half-written
     assert len(out.read_text().splitlines()) == summary.frames + 1
 

@@ -17,6 +17,11 @@ import click
               help="Which model of an export folder, e.g. tflite-int8, tflite-fp32, onnx-fp32 (or a file name). "
                    "Default: tflite int8, then fp16, fp32, then ONNX.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Inference threads [default: all cores].")
+@click.option("--mode", type=click.Choice(["auto", "latency", "throughput"]), default="auto", show_default=True,
+              help="latency: one interpreter puts all --threads on each frame. throughput: --threads "
+                   "interpreters of one thread each classify frames in parallel, results kept in order "
+                   "(more frames per second, more memory). auto: throughput for folders and video files, "
+                   "latency for cameras and streams.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider (cuda/tensorrt: Jetson, onnxruntime-gpu).")
 @click.option("--top-k", type=click.IntRange(1, 1000), default=3, show_default=True, help="Labels drawn and written.")
@@ -31,7 +36,7 @@ import click
 @click.option("--reconnect-timeout", type=click.FloatRange(0), default=None,
               help="Live sources: give up when a lost camera/stream is not back after this many seconds "
                    "[default: keep retrying].")
-def command(model: Path, source: str, backend: str, artifact: str | None, threads: int | None, provider: str,
+def command(model: Path, source: str, backend: str, artifact: str | None, threads: int | None, mode: str, provider: str,
             top_k: int, threshold: float, headless: bool, save: Path | None, output: Path | None,
             max_frames: int | None, reconnect_timeout: float | None) -> None:
     """Classify a camera, video, stream or folder with an exported MODEL (export folder, .tflite or .onnx).
@@ -49,15 +54,15 @@ def command(model: Path, source: str, backend: str, artifact: str | None, thread
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         previous = None
     try:
-        _run(model, source, backend, artifact, threads, provider, top_k, threshold, headless, save, output,
+        _run(model, source, backend, artifact, threads, mode, provider, top_k, threshold, headless, save, output,
              max_frames, reconnect_timeout)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(model, source, backend, artifact, threads, provider, top_k, threshold, headless, save, output, max_frames,
-         reconnect_timeout) -> None:
+def _run(model, source, backend, artifact, threads, mode, provider, top_k, threshold, headless, save, output,
+         max_frames, reconnect_timeout) -> None:
     from edgeclf.runtime.backends import open_backend
     from edgeclf.runtime.loop import RunOptions, run_source
 
@@ -72,7 +77,7 @@ def _run(model, source, backend, artifact, threads, provider, top_k, threshold, 
                f"{len(ref.classes)} classes ({', '.join(ref.classes[:6])}{', ...' if len(ref.classes) > 6 else ''})",
                err=True)
     options = RunOptions(top_k=top_k, threshold=threshold, headless=headless, save=save, output=output,
-                         max_frames=max_frames, reconnect_timeout=reconnect_timeout)
+                         max_frames=max_frames, reconnect_timeout=reconnect_timeout, mode=mode)
     try:
         summary = run_source(be, source, options, echo=lambda m: click.echo(m, err=True))
     finally:

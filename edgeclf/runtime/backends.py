@@ -105,13 +105,22 @@ class Backend:
     def _load(self) -> None:
         raise NotImplementedError
 
+    def clone(self, threads: int) -> "Backend":
+        """Another loaded instance of the same model and runtime, with ``threads`` threads."""
+        return type(self)(self.model, threads).load()
+
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         """uint8 NHWC RGB -> the model's input tensor (float32 0..255, or quantized integers)."""
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (self.height, self.width, 3):
             raise ValueError(f"expected uint8 (N, {self.height}, {self.width}, 3), got {batch.dtype} {batch.shape}")
         if self._lut is None:
             return batch.astype(np.float32)
-        return self._lut[batch]
+        if not batch.size:
+            return batch.astype(self._lut.dtype)
+        import cv2  # cv2.LUT: ~5x faster than numpy's lut[batch] on a 224x224 image
+
+        flat = np.ascontiguousarray(batch).reshape(-1, batch.shape[2] * 3)
+        return cv2.LUT(flat, self._lut).reshape(batch.shape)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """The model's own input tensor -> float32 probabilities (N, C). The bare invoke, no casting."""
@@ -228,6 +237,9 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, model: ModelRef, threads: int | None = None, provider: str = "cpu"):
         super().__init__(model, threads)
         self.provider = provider
+
+    def clone(self, threads: int) -> "Backend":
+        return OnnxRuntimeBackend(self.model, threads, self.provider).load()
 
     @classmethod
     def available(cls) -> bool:

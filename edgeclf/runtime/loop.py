@@ -1,11 +1,13 @@
 """The `edgeclf run` loop: frames in, predictions out, as little as possible in between."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -13,7 +15,7 @@ from edgeclf.imageio import load_rgb, resize_rgb
 from edgeclf.runtime.backends import Backend
 from edgeclf.runtime.output import (PredictionWriter, Prediction, VideoSaver, Window, display_available, draw_overlay,
                                     make_prediction)
-from edgeclf.runtime.sources import FileSource, Preprocess, Source, SourceError, open_source
+from edgeclf.runtime.sources import FileSource, Frame, Preprocess, Source, SourceError, open_source
 
 
 class Classifier:
@@ -53,6 +55,7 @@ class RunOptions:
     save: Path | None = None  # annotated video
     output: Path | None = None  # .csv or .jsonl
     max_frames: int | None = None
+    mode: str = "auto"  # "latency", "throughput" or "auto": see MODES
     reconnect_timeout: float | None = None  # live sources: give up after this long without a frame
     progress: bool = True  # a status line on stderr now and then
 
@@ -67,6 +70,8 @@ class RunSummary:
     wall_s: float = 0.0
     interrupted: bool = False
     rows: int = 0
+    mode: str = "latency"
+    workers: int = 1  # throughput mode: interpreters classifying frames in parallel
 
     @property
     def fps(self) -> float:
@@ -85,15 +90,162 @@ class RunSummary:
             parts.append(f"{len(self.skipped)} skipped")
         if self.reconnects:
             parts.append(f"{self.reconnects} reconnects")
+        mode = f" ({self.workers} frames at a time, one thread each)" if self.mode == "throughput" else ""
         return (f"{', '.join(parts)}; latency mean {self.mean_latency:.2f} ms, p50 {self.latency(50):.2f} ms, "
-                f"p90 {self.latency(90):.2f} ms; {self.fps:.1f} FPS over {self.wall_s:.2f} s"
+                f"p90 {self.latency(90):.2f} ms; {self.fps:.1f} FPS over {self.wall_s:.2f} s{mode}"
                 + (" (stopped by Ctrl-C)" if self.interrupted else ""))
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "dropped": self.dropped, "skipped": len(self.skipped),
                 "reconnects": self.reconnects, "latency_ms": {"mean": self.mean_latency, "p50": self.latency(50),
                                                               "p90": self.latency(90)},
-                "fps": self.fps, "wall_s": self.wall_s, "interrupted": self.interrupted}
+                "fps": self.fps, "wall_s": self.wall_s, "interrupted": self.interrupted, "mode": self.mode,
+                "workers": self.workers}
+
+
+MODES = ("auto", "latency", "throughput")
+# auto: throughput for files and video files (no frame may be dropped, so frames per second is what counts),
+# latency for cameras and streams (the newest frame, as soon as possible). A folder of fewer files than this
+# is not worth a second interpreter.
+_MIN_FILES_FOR_THROUGHPUT = 8
+
+
+def _sequential(frames: Iterable[Frame], backend: Backend) -> Iterator[tuple[Frame, np.ndarray, float]]:
+    """Latency mode: one backend, all its threads on each frame."""
+    prepare, infer = backend.prepare, backend.infer
+    for frame in frames:
+        tensor = frame.tensor if frame.tensor is not None else prepare(frame.input[None])
+        t0 = time.perf_counter()
+        probs = infer(tensor)[0]
+        yield frame, probs, (time.perf_counter() - t0) * 1000.0
+
+
+class _Workers:
+    """Throughput mode: each thread owns a one-thread backend and classifies the next frame of the source.
+
+    Results come back in the source's order; a worker runs at most ``2 x workers`` frames ahead of the
+    consumer. Inference releases the GIL, so the workers run on separate cores; one interpreter per core
+    with nothing to synchronise inside a frame beats one interpreter whose threads meet after every layer.
+    """
+
+    def __init__(self, frames: Iterable[Frame], backends: Sequence[Backend]):
+        self._frames = iter(frames)
+        self._take = threading.Lock()  # one worker at a time advances the source
+        self._cond = threading.Condition()
+        self._done: dict[int, object] = {}
+        self._next = 0
+        self._end: int | None = None  # number of frames the source had, once it is exhausted
+        self._error: BaseException | None = None  # what ended the source, raised after its frames
+        self._stop = threading.Event()
+        self._room = threading.Semaphore(2 * len(backends))
+        self._threads = [threading.Thread(target=self._work, args=(b,), daemon=True, name=f"edgeclf-infer-{i}")
+                         for i, b in enumerate(backends)]
+
+    def _work(self, backend: Backend) -> None:
+        while True:
+            self._room.acquire()
+            if self._stop.is_set():
+                return
+            with self._take:
+                if self._end is not None:
+                    return
+                seq = self._next
+                try:
+                    frame = next(self._frames)
+                except BaseException as exc:  # StopIteration: the end; anything else: the source failed
+                    with self._cond:
+                        self._end = seq
+                        self._error = None if isinstance(exc, StopIteration) else exc
+                        self._cond.notify_all()
+                    return
+                self._next += 1
+            try:
+                tensor = frame.tensor if frame.tensor is not None else backend.prepare(frame.input[None])
+                t0 = time.perf_counter()
+                probs = backend.infer(tensor)[0]
+                result: object = (frame, probs, (time.perf_counter() - t0) * 1000.0)
+            except BaseException as exc:  # handed to the consumer in the frame's place
+                result = exc
+            with self._cond:
+                self._done[seq] = result
+                self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[tuple[Frame, np.ndarray, float]]:
+        for t in self._threads:
+            t.start()
+        seq = 0
+        while True:
+            with self._cond:
+                while seq not in self._done and (self._end is None or seq < self._end):
+                    self._cond.wait(0.5)
+                if seq not in self._done:  # the source ended
+                    if self._error is not None:
+                        raise self._error
+                    return
+                result = self._done.pop(seq)
+            self._room.release()
+            if isinstance(result, BaseException):
+                raise result
+            yield result  # type: ignore[misc]
+            seq += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        for _ in self._threads:
+            self._room.release()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=10)
+
+
+class _HoldSignals:
+    """Ctrl-C (or a SIGTERM the caller turned into one) that lands while a frame's outputs are being written
+    -- CSV row, count, video frame, window -- takes effect once they are all written, so they always agree.
+
+    Wraps the handlers already installed for SIGINT and SIGTERM; does nothing outside the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self._pending: list[tuple[int, object]] = []
+        self._saved: dict[int, Callable] = {}
+
+    def __enter__(self) -> "_HoldSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(signum)
+                if callable(previous):
+                    self._saved[signum] = previous
+                    signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.holding:
+            self._pending.append((signum, frame))
+        else:
+            self._saved[signum](signum, frame)
+
+    def release(self) -> None:
+        self.holding = False
+        while self._pending:
+            signum, frame = self._pending.pop(0)
+            self._saved[signum](signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._saved.items():
+            signal.signal(signum, previous)
+
+
+def _pick_mode(mode: str, src: Source, backend: Backend) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    if src.live or backend.threads < 2 or backend.name == "opencv":  # OpenCV's thread count is process-wide
+        return "latency"
+    if isinstance(src, FileSource) and len(src.paths) < _MIN_FILES_FOR_THROUGHPUT:
+        return "latency"
+    return "throughput"
 
 
 def _echo(message: str) -> None:
@@ -119,26 +271,34 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         src = source
     else:
         spec = backend.model.bundle.input
-        src = open_source(source, Preprocess(backend.height, backend.width, spec.resize, keep_image=draw),
+        src = open_source(source, Preprocess(backend.height, backend.width, spec.resize, keep_image=draw,
+                                             prepare=backend.prepare),
                           reconnect_timeout=opts.reconnect_timeout)
-    writer = window = saver = None
-    predict, top_k, threshold = backend.predict, opts.top_k, opts.threshold
+    writer = window = saver = workers = None
+    top_k, threshold = opts.top_k, opts.threshold
     latencies = summary.latencies_ms
     started = time.perf_counter()
     last_report, fps_ema, last_t = started, None, None
+    hold = _HoldSignals().__enter__()
     try:
+        summary.mode = _pick_mode(opts.mode, src, backend)
+        if summary.mode == "throughput":
+            summary.workers = max(2, backend.threads)
+            workers = _Workers(src, [backend.clone(1) for _ in range(summary.workers)])
+            started = time.perf_counter()  # the workers' interpreters are loaded: the loop starts now
+            results: Iterable[tuple[Frame, np.ndarray, float]] = workers
+        else:
+            results = _sequential(src, backend)
         writer = PredictionWriter(opts.output, top_k) if opts.output else None
         window = Window(f"edgeclf - {src.name}") if show else None
         if opts.save is not None:
             fps = src.fps or (2.0 if isinstance(src, FileSource) else 30.0)  # a slideshow of files
             saver = VideoSaver(opts.save, fps)
-        for frame in src:
-            t0 = time.perf_counter()
-            probs = predict(frame.input[None])[0]
+        for frame, probs, latency in results:
             t1 = time.perf_counter()
-            latency = (t1 - t0) * 1000.0
             latencies.append(latency)
             pred = make_prediction(probs, classes, top_k, threshold)
+            hold.holding = True
             if writer is not None:
                 writer.write(frame.source, frame.index, pred, latency)
             summary.frames += 1  # classified (and recorded): counted before anything else can be interrupted
@@ -151,6 +311,7 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
                     saver.write(annotated)
                 if window is not None and not window.show(annotated):
                     break
+            hold.release()
             last_t = t1
             if opts.max_frames is not None and summary.frames >= opts.max_frames:
                 break
@@ -163,9 +324,11 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         if writer is not None:  # Ctrl-C between a row's write and the count: the row's frame was classified
             summary.frames = max(summary.frames, writer.rows)
     finally:
+        hold.holding = False
+        hold.__exit__()
         summary.wall_s = time.perf_counter() - started
         src.close()
-        for closer in (writer, saver, window):
+        for closer in (workers, writer, saver, window):
             if closer is not None:
                 closer.close()
     summary.dropped, summary.skipped, summary.reconnects = src.dropped, list(src.skipped), src.reconnects

@@ -48,13 +48,24 @@ class Frame:
     input: np.ndarray  # the model input: RGB uint8, height x width x 3
     image: np.ndarray | None  # the original picture as BGR (for drawing/saving); None when not asked for
     time: float  # time.perf_counter() when it was captured or read
+    tensor: np.ndarray | None = None  # the backend's input batch (1, H, W, 3), made in the reader thread
 
 
 class Preprocess:
-    """Original picture -> model input, exactly as training and calibration did it."""
+    """Original picture -> model input, exactly as training and calibration did it.
 
-    def __init__(self, height: int, width: int, resize: str = "bilinear", keep_image: bool = False):
+    ``prepare`` (a backend's :meth:`~edgeclf.runtime.backends.Backend.prepare`) also casts or quantizes
+    the input to the model's tensor in the reader thread, so the loop's thread only runs inference.
+    """
+
+    def __init__(self, height: int, width: int, resize: str = "bilinear", keep_image: bool = False,
+                 prepare: Callable[[np.ndarray], np.ndarray] | None = None):
         self.height, self.width, self.resize, self.keep_image = height, width, resize, keep_image
+        self.prepare = prepare
+
+    def frame(self, source: str, index: int, model_input: np.ndarray, image: np.ndarray | None, t: float) -> Frame:
+        tensor = self.prepare(model_input[None]) if self.prepare is not None else None
+        return Frame(source, index, model_input, image, t, tensor)
 
     def from_rgb(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         image = None
@@ -174,6 +185,10 @@ class _OrderedSource(Source):
         except queue.Empty:
             pass
         super().close()
+        try:  # the reader is gone: wake a consumer still waiting in __iter__ (an inference worker)
+            self._queue.put_nowait(_END)
+        except queue.Full:
+            pass
 
 
 class FileSource(_OrderedSource):
@@ -197,7 +212,7 @@ class FileSource(_OrderedSource):
                 self._put(_Skip(str(path), str(exc)))
                 continue
             model_input, image = self.prep.from_rgb(rgb)
-            if not self._put(Frame(str(path), index, model_input, image, t)):
+            if not self._put(self.prep.frame(str(path), index, model_input, image, t)):
                 return
 
 
@@ -225,7 +240,7 @@ class VideoSource(_OrderedSource):
                     break
                 t = time.perf_counter()
                 model_input, image = self.prep.from_bgr(bgr)
-                if not self._put(Frame(self.name, index, model_input, image, t)):
+                if not self._put(self.prep.frame(self.name, index, model_input, image, t)):
                     return
                 index += 1
         finally:
@@ -295,7 +310,7 @@ class LiveSource(Source):
                     with self._cond:
                         if self._latest is not None:
                             self.dropped += 1
-                        self._latest = Frame(self.name, index, model_input, image, t)
+                        self._latest = self.prep.frame(self.name, index, model_input, image, t)
                         self._cond.notify()
                     index += 1
                     continue
