@@ -229,6 +229,22 @@ def test_throughput_mode_keeps_order_and_results(export_dir, tmp_path):
     assert [r[1] for r in rows["throughput"]] == [str(i) for i in range(48)]
 
 
+def test_auto_mode_picks_by_source_and_memory(export_dir, val_photos, video_file, monkeypatch):
+    from edgeclf.runtime import loop
+
+    be = open_backend(export_dir, threads=2)
+    prep = Preprocess(be.height, be.width)
+    assert loop._pick_mode("auto", FileSource(val_photos, prep), be) == "throughput"
+    assert loop._pick_mode("auto", FileSource(val_photos[:3], prep), be) == "latency"  # not worth a 2nd model
+    assert loop._pick_mode("auto", FileSource(val_photos, prep), open_backend(export_dir, threads=1)) == "latency"
+    with LiveSource(lambda: _Camera(video_file), "camera", prep) as camera:
+        assert loop._pick_mode("auto", camera, be) == "latency"  # the newest frame, as soon as possible
+        assert loop._pick_mode("throughput", camera, be) == "throughput"  # unless asked
+    size = be.model.path.stat().st_size
+    monkeypatch.setattr(loop, "_available_memory", lambda: 4 * 2 * 2 * size - 1)  # 2 copies would not fit
+    assert loop._pick_mode("auto", FileSource(val_photos, prep), be) == "latency"
+
+
 def test_throughput_mode_stops_at_a_broken_file_in_order(export_dir, val_photos, tmp_path):
     """A source that fails mid-way: every frame before the failure is written, in order, then the error."""
     broken = tmp_path / "broken.jpg"

@@ -1,6 +1,7 @@
 """The `edgeclf run` loop: frames in, predictions out, as little as possible in between."""
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ from edgeclf.imageio import load_rgb, resize_rgb
 from edgeclf.runtime.backends import Backend
 from edgeclf.runtime.output import (PredictionWriter, Prediction, VideoSaver, Window, display_available, draw_overlay,
                                     make_prediction)
-from edgeclf.runtime.sources import FileSource, Frame, Preprocess, Source, SourceError, open_source
+from edgeclf.runtime.sources import FileSource, Frame, Preprocess, Skip, Source, SourceError, open_source
 
 
 class Classifier:
@@ -123,18 +124,22 @@ def _sequential(frames: Iterable[Frame], backend: Backend) -> Iterator[tuple[Fra
 class _Workers:
     """Throughput mode: each thread owns a one-thread backend and classifies the next frame of the source.
 
-    Results come back in the source's order; a worker runs at most ``2 x workers`` frames ahead of the
-    consumer. Inference releases the GIL, so the workers run on separate cores; one interpreter per core
-    with nothing to synchronise inside a frame beats one interpreter whose threads meet after every layer.
+    A folder's files are read and decoded by the worker that classifies them (as many busy threads as
+    cores, none waiting on another); other sources hand over frames their reader thread made. Results
+    come back in the source's order; workers run at most ``2 x workers`` frames ahead of the consumer.
+    Inference releases the GIL, so the workers run on separate cores: one interpreter per core, with
+    nothing to synchronise inside a frame, beats one interpreter whose threads meet after every layer.
     """
 
-    def __init__(self, frames: Iterable[Frame], backends: Sequence[Backend]):
-        self._frames = iter(frames)
+    def __init__(self, src: Source, backends: Sequence[Backend]):
+        self._src = src
+        self._tasks: Iterator[Callable[[], Frame | Skip]] = (
+            src.tasks() if isinstance(src, FileSource) else (functools.partial(_same, f) for f in src))
         self._take = threading.Lock()  # one worker at a time advances the source
         self._cond = threading.Condition()
         self._done: dict[int, object] = {}
         self._next = 0
-        self._end: int | None = None  # number of frames the source had, once it is exhausted
+        self._end: int | None = None  # number of items the source had, once it is exhausted
         self._error: BaseException | None = None  # what ended the source, raised after its frames
         self._stop = threading.Event()
         self._room = threading.Semaphore(2 * len(backends))
@@ -151,24 +156,34 @@ class _Workers:
                     return
                 seq = self._next
                 try:
-                    frame = next(self._frames)
+                    task = next(self._tasks)
                 except BaseException as exc:  # StopIteration: the end; anything else: the source failed
-                    with self._cond:
-                        self._end = seq
-                        self._error = None if isinstance(exc, StopIteration) else exc
-                        self._cond.notify_all()
+                    self._finish(seq, None if isinstance(exc, StopIteration) else exc)
                     return
                 self._next += 1
             try:
-                tensor = frame.tensor if frame.tensor is not None else backend.prepare(frame.input[None])
-                t0 = time.perf_counter()
-                probs = backend.infer(tensor)[0]
-                result: object = (frame, probs, (time.perf_counter() - t0) * 1000.0)
+                item = task()
+                if isinstance(item, Frame):
+                    tensor = item.tensor if item.tensor is not None else backend.prepare(item.input[None])
+                    t0 = time.perf_counter()
+                    probs = backend.infer(tensor)[0]
+                    result: object = (item, probs, (time.perf_counter() - t0) * 1000.0)
+                else:
+                    result = item  # a Skip, reported in its place
+            except SourceError as exc:  # a file that must decode did not: the source ends there
+                self._finish(seq, exc)
+                return
             except BaseException as exc:  # handed to the consumer in the frame's place
                 result = exc
             with self._cond:
                 self._done[seq] = result
                 self._cond.notify_all()
+
+    def _finish(self, seq: int, error: BaseException | None) -> None:
+        with self._cond:
+            if self._end is None or seq < self._end:
+                self._end, self._error = seq, error
+            self._cond.notify_all()
 
     def __iter__(self) -> Iterator[tuple[Frame, np.ndarray, float]]:
         for t in self._threads:
@@ -178,16 +193,19 @@ class _Workers:
             with self._cond:
                 while seq not in self._done and (self._end is None or seq < self._end):
                     self._cond.wait(0.5)
-                if seq not in self._done:  # the source ended
+                if seq not in self._done:  # the source ended here
                     if self._error is not None:
                         raise self._error
                     return
                 result = self._done.pop(seq)
             self._room.release()
-            if isinstance(result, BaseException):
-                raise result
-            yield result  # type: ignore[misc]
             seq += 1
+            if isinstance(result, Skip):
+                self._src.skip(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                yield result  # type: ignore[misc]
 
     def close(self) -> None:
         self._stop.set()
@@ -196,6 +214,10 @@ class _Workers:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=10)
+
+
+def _same(frame: Frame) -> Frame:
+    return frame
 
 
 class _HoldSignals:
@@ -245,7 +267,23 @@ def _pick_mode(mode: str, src: Source, backend: Backend) -> str:
         return "latency"
     if isinstance(src, FileSource) and len(src.paths) < _MIN_FILES_FOR_THROUGHPUT:
         return "latency"
+    # each worker holds its own copy of the weights (XNNPACK repacks them): a big float model on a small
+    # board stays in latency mode rather than crowd out its memory
+    available = _available_memory()
+    if available is not None and 2 * backend.threads * backend.model.path.stat().st_size > available // 4:
+        return "latency"
     return "throughput"
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _echo(message: str) -> None:
@@ -274,7 +312,7 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         src = open_source(source, Preprocess(backend.height, backend.width, spec.resize, keep_image=draw,
                                              prepare=backend.prepare),
                           reconnect_timeout=opts.reconnect_timeout)
-    writer = window = saver = workers = None
+    writer = window = saver = workers = cv_threads = None
     top_k, threshold = opts.top_k, opts.threshold
     latencies = summary.latencies_ms
     started = time.perf_counter()
@@ -285,6 +323,10 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         if summary.mode == "throughput":
             summary.workers = max(2, backend.threads)
             workers = _Workers(src, [backend.clone(1) for _ in range(summary.workers)])
+            import cv2  # the workers already fill every core: OpenCV's own threads would only oversubscribe
+
+            cv_threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
             started = time.perf_counter()  # the workers' interpreters are loaded: the loop starts now
             results: Iterable[tuple[Frame, np.ndarray, float]] = workers
         else:
@@ -331,6 +373,10 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         for closer in (workers, writer, saver, window):
             if closer is not None:
                 closer.close()
+        if cv_threads is not None:
+            import cv2
+
+            cv2.setNumThreads(cv_threads)
     summary.dropped, summary.skipped, summary.reconnects = src.dropped, list(src.skipped), src.reconnects
     summary.rows = writer.rows if writer is not None else 0
     if summary.frames == 0 and not summary.interrupted and not src.live:

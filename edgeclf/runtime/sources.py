@@ -13,6 +13,7 @@ background thread so that decoding and resizing overlap inference.
 """
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import queue
 import re
@@ -106,6 +107,11 @@ class Source:
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
 
+    def skip(self, item: "Skip") -> None:
+        """Record and report a file that did not decode."""
+        self.skipped.append(item.path)
+        warn(f"skipped {item.reason}")
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -121,7 +127,9 @@ class Source:
 _END = object()
 
 
-class _Skip:
+class Skip:
+    """A file that did not decode, in its place in the order."""
+
     def __init__(self, path: str, reason: str):
         self.path, self.reason = path, reason
 
@@ -171,9 +179,8 @@ class _OrderedSource(Source):
                 return
             if isinstance(item, _Failure):
                 raise item.exc
-            if isinstance(item, _Skip):
-                self.skipped.append(item.path)
-                warn(f"skipped {item.reason}")
+            if isinstance(item, Skip):
+                self.skip(item)
                 continue
             yield item
 
@@ -199,20 +206,31 @@ class FileSource(_OrderedSource):
         self.paths, self.prep, self.strict = list(paths), prep, strict
         self.name = name or (str(self.paths[0]) if len(self.paths) == 1 else f"{len(self.paths)} images")
 
-    def _produce(self) -> None:
-        for index, path in enumerate(self.paths):
+    def load(self, index: int) -> Frame | Skip:
+        """Read, decode and prepare file ``index`` (in any thread): its Frame, or a Skip if it won't decode."""
+        path = self.paths[index]
+        t = time.perf_counter()
+        try:
+            rgb = load_rgb(path)
+        except ImageDecodeError as exc:
+            if self.strict:
+                raise SourceError(str(exc)) from None
+            return Skip(str(path), str(exc))
+        model_input, image = self.prep.from_rgb(rgb)
+        return self.prep.frame(str(path), index, model_input, image, t)
+
+    def tasks(self) -> Iterator[Callable[[], Frame | Skip]]:
+        """One call per file, in order, for workers that decode and classify in the same thread."""
+        for index in range(len(self.paths)):
             if self._stop.is_set():
                 return
-            t = time.perf_counter()
-            try:
-                rgb = load_rgb(path)
-            except ImageDecodeError as exc:
-                if self.strict:
-                    raise SourceError(str(exc)) from None
-                self._put(_Skip(str(path), str(exc)))
-                continue
-            model_input, image = self.prep.from_rgb(rgb)
-            if not self._put(self.prep.frame(str(path), index, model_input, image, t)):
+            yield functools.partial(self.load, index)
+
+    def _produce(self) -> None:
+        for index in range(len(self.paths)):
+            if self._stop.is_set():
+                return
+            if not self._put(self.load(index)):
                 return
 
 
