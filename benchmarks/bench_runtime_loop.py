@@ -275,7 +275,7 @@ photos (train + val, JPEG, median {runs[0]['image_size']}), one folder tree.
 - **`edgeclf run`**: `edgeclf run MODEL --source FOLDER --headless --output preds.csv --threads N [--mode M]`
   in its own process; frames over the loop's wall time, as its summary prints (read, decode, resize,
   quantize, inference, top-k, CSV row: all included). On a folder with N ≥ 2, auto is throughput mode:
-  N one-thread interpreters classify N images at a time, results written in order.
+  N one-thread interpreters, each reading and decoding the images it classifies, results written in order.
 
 {chr(10).join(tables)}
 Peak RSS (MiB): `edgeclf run` {result['peak_rss_mib']['edgeclf_run']:.0f} (the most of any variant above);
