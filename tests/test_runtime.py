@@ -25,7 +25,7 @@ from edgeclf.cli import main
 from edgeclf.imageio import bgr_to_rgb, load_resized, resize_rgb
 from edgeclf.runtime import (Classifier, LiveSource, Preprocess, RunOptions, SourceError, open_backend,
                              resolve_model, run_source)
-from edgeclf.runtime.sources import FileSource
+from edgeclf.runtime.sources import FileSource, Frame
 from edgeclf.runtime.output import Window, display_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,6 +372,37 @@ def test_ctrl_c_stops_cleanly(export_dir, video_file, tmp_path, mode):
     assert not source._thread.is_alive()
     assert not [t for t in threading.enumerate() if t.name.startswith("edgeclf-infer")]  # workers joined
     assert len(_video_frames(saved)) == summary.frames  # the video was finished, not left half-written
+    assert len(out.read_text().splitlines()) == summary.frames + 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+def test_ctrl_c_lost_in_a_finalizer_still_stops(export_dir, val_photos, tmp_path):
+    """A Ctrl-C whose KeyboardInterrupt is raised inside a __del__ (the garbage collector runs them, and
+    Python prints and drops what they raise) must still stop the loop at the end of the frame."""
+    import signal
+
+    from edgeclf.runtime import Source
+
+    be = open_backend(export_dir, threads=1)
+    inputs = [load_resized(p, SIZE, SIZE) for p in val_photos]
+
+    class Dropper:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, inside the finalizer
+            sum(range(100))
+
+    class Frames(Source):
+        name = "frames"
+
+        def __iter__(self):
+            for i, x in enumerate(inputs):
+                if i == 5:
+                    Dropper()  # collected at once: its __del__ swallows the KeyboardInterrupt
+                yield Frame("mem", i, x, None, 0.0)
+
+    out = tmp_path / "p.csv"
+    summary = run_source(be, Frames(), RunOptions(headless=True, output=out, mode="latency"))
+    assert summary.interrupted and 5 <= summary.frames <= 6 < len(inputs)
     assert len(out.read_text().splitlines()) == summary.frames + 1
 
 

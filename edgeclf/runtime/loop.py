@@ -225,10 +225,13 @@ class _HoldSignals:
     -- CSV row, count, video frame, window -- takes effect once they are all written, so they always agree.
 
     Wraps the handlers already installed for SIGINT and SIGTERM; does nothing outside the main thread.
+    A KeyboardInterrupt the handler raised is also remembered (``interrupted``): raised inside a finalizer
+    that the garbage collector happened to be running, Python would print and drop it.
     """
 
     def __init__(self) -> None:
         self.holding = False
+        self.interrupted = False
         self._pending: list[tuple[int, object]] = []
         self._saved: dict[int, Callable] = {}
 
@@ -245,15 +248,26 @@ class _HoldSignals:
         if self.holding:
             self._pending.append((signum, frame))
         else:
+            self._call(signum, frame)
+
+    def _call(self, signum, frame) -> None:
+        try:
             self._saved[signum](signum, frame)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
 
     def release(self) -> None:
+        """End of a frame's outputs: act on what was held, or on an interrupt that got lost."""
         self.holding = False
         while self._pending:
             signum, frame = self._pending.pop(0)
-            self._saved[signum](signum, frame)
+            self._call(signum, frame)
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
+        self.holding = False
         for signum, previous in self._saved.items():
             signal.signal(signum, previous)
 
@@ -366,7 +380,6 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         if writer is not None:  # Ctrl-C between a row's write and the count: the row's frame was classified
             summary.frames = max(summary.frames, writer.rows)
     finally:
-        hold.holding = False
         hold.__exit__()
         summary.wall_s = time.perf_counter() - started
         src.close()
