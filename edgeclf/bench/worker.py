@@ -67,6 +67,7 @@ def measure(spec: dict) -> dict:
             break
         except ImportError:
             continue
+    import cv2  # noqa: F401  every edgeclf runtime process has OpenCV (decode, resize, the int8 input LUT)
     import numpy as np
 
     from edgeclf.contract import load_bundle
