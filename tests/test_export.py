@@ -193,6 +193,27 @@ def test_drop_above_max_drop_is_a_warning_with_exit_code(run_dir, tmp_path):
     assert "edgeclf bench" in res.output and "edgeclf run" in res.output
 
 
+def test_qat_fine_tunes_and_keeps_the_accuracy(run_dir, tmp_path):
+    """--qat: fake-quant fine-tuning under tf_keras, ranges started from the calibration images."""
+    out = tmp_path / "qat"
+    res = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(out), "--int8", "--qat", "--qat-epochs", "1",
+                                    "--formats", "tflite-fp32,tflite-int8", "--calib-images", str(CALIB)])
+    assert res.exit_code == EXIT_OK, res.output
+    assert "QAT: done" in res.output and "tf_keras rebuild max |dp|" in res.output
+    bundle = load_bundle(out)
+    assert bundle.source.get("qat") is True
+    fp32, int8 = bundle.artifact("tflite-fp32"), bundle.artifact("tflite-int8")
+    assert fp32.val_top1 > 0.75  # the trained model is a real one
+    assert int8.extra["drop_pt"] <= 3.0 and int8.extra["agreement"] >= 0.9, int8.extra
+    # the file is a full-integer model, fake quantization folded into real int8 kernels
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(out / "model_int8.tflite"))
+    assert it.get_input_details()[0]["dtype"] == np.uint8 or it.get_input_details()[0]["dtype"] == np.int8
+    kinds = {d["dtype"] for d in it.get_tensor_details() if d["name"] and "conv" in d["name"].lower()}
+    assert np.int8 in kinds
+
+
 def test_killed_write_leaves_nothing_that_looks_complete(run_dir, tmp_path, monkeypatch):
     from edgeclf import fsutil
 

@@ -23,7 +23,7 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
               help="Accuracy drop (points vs the float model) above which an artifact is flagged (exit 3).")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning (tfmot, under tf_keras) before the "
                                           "int8 TFLite conversion; for backbones that lose too much in PTQ.")
-@click.option("--qat-epochs", type=int, default=2, show_default=True, help="QAT fine-tuning epochs.")
+@click.option("--qat-epochs", type=click.IntRange(0), default=2, show_default=True, help="QAT fine-tuning epochs.")
 @click.option("--onnx-per-channel/--onnx-per-tensor", default=True, show_default=True,
               help="Quantize ONNX int8 weights per channel (default) or per tensor.")
 @click.option("--onnx-reduce-range/--onnx-full-range", default=None,

@@ -58,6 +58,32 @@ def build_tf_keras(spec: dict, weights: dict):
     return model
 
 
+def init_ranges(qmodel, images: np.ndarray, batch: int = 32) -> None:
+    """Start every activation range at what the calibration images produce.
+
+    tfmot starts them at [-6, 6] and moves them by an EMA of decay 0.999 per training step: a short
+    fine-tuning leaves them where they started, clipping MobileNetV2's linear bottlenecks and wasting
+    levels elsewhere (measured: -19 pt). Here each range becomes the mean of the per-batch min/max over
+    the calibration set (EMA decay k/(k+1) on batch k), in training mode so tfmot's own update runs.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+
+    original = quant_ops.MovingAvgQuantize  # read by the quantizers at each call
+    decay = [0.0]
+
+    def calibrating(*args, **kwargs):
+        kwargs["ema_decay"] = decay[0]
+        return original(*args, **kwargs)
+
+    quant_ops.MovingAvgQuantize = calibrating
+    try:
+        for k, start in enumerate(range(0, len(images), batch)):
+            decay[0] = k / (k + 1)
+            qmodel(images[start:start + batch].astype(np.float32), training=True)
+    finally:
+        quant_ops.MovingAvgQuantize = original
+
+
 def main(spec_path: str) -> None:
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
@@ -76,12 +102,13 @@ def main(spec_path: str) -> None:
         qmodel = tfmot.quantization.keras.quantize_model(model)
     except Exception as exc:
         raise QatError(f"tfmot cannot quantize it ({str(exc).splitlines()[0][:200]})") from None
+    calib = np.load(d / "calib.npy")
+    init_ranges(qmodel, calib)
     qmodel.compile(K.optimizers.Adam(spec["lr"]), K.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     x, y = np.load(d / "train_x.npy"), np.load(d / "train_y.npy")
     ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0)
           .map(lambda a, b: (tf.cast(a, tf.float32), b)).batch(spec["batch"]))
-    hist = qmodel.fit(ds, epochs=spec["epochs"], verbose=0)
-    calib = np.load(d / "calib.npy")
+    hist = qmodel.fit(ds, epochs=spec["epochs"], verbose=0) if spec["epochs"] > 0 else None
 
     def representative():
         for img in calib:
@@ -95,7 +122,7 @@ def main(spec_path: str) -> None:
     conv.inference_input_type = io
     conv.inference_output_type = io
     (d / "model_int8.tflite").write_bytes(conv.convert())
-    acc = hist.history.get("accuracy", [float("nan")])[-1]
+    acc = hist.history.get("accuracy", [float("nan")])[-1] if hist is not None else float("nan")
     (d / "result.json").write_text(json.dumps({"seconds": time.time() - t0, "train_accuracy": float(acc),
                                                "rebuild_max_abs_diff": diff, "epochs": spec["epochs"]}))
 
