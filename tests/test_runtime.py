@@ -350,8 +350,19 @@ def test_camera_drops_and_comes_back(export_dir, val_photos, tmp_path):
         assert row["score"] == pytest.approx(float(p.max()), abs=1e-6)
 
 
+@pytest.fixture()
+def ctrl_c():
+    """Ctrl-C as in a terminal: a shell that starts the tests in the background (``cmd &``, no job
+    control) leaves SIGINT ignored, and Python keeps it so: interrupt_main() would then do nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("mode", ["latency", "throughput"])
-def test_ctrl_c_stops_cleanly(export_dir, video_file, tmp_path, mode):
+def test_ctrl_c_stops_cleanly(export_dir, video_file, tmp_path, mode, ctrl_c):
     be = open_backend(export_dir, threads=2)
 
     class Looping(_Camera):  # a camera that never ends
@@ -376,7 +387,7 @@ def test_ctrl_c_stops_cleanly(export_dir, video_file, tmp_path, mode):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
-def test_ctrl_c_lost_in_a_finalizer_still_stops(export_dir, val_photos, tmp_path):
+def test_ctrl_c_lost_in_a_finalizer_still_stops(export_dir, val_photos, tmp_path, ctrl_c):
     """A Ctrl-C whose KeyboardInterrupt is raised inside a __del__ (the garbage collector runs them, and
     Python prints and drops what they raise) must still stop the loop at the end of the frame."""
     import signal
