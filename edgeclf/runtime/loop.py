@@ -111,14 +111,18 @@ MODES = ("auto", "latency", "throughput")
 _MIN_FILES_FOR_THROUGHPUT = 8
 
 
+def _classify(backend: Backend, frame: Frame) -> tuple[Frame, np.ndarray, float]:
+    """(frame, probabilities, inference latency in ms); the tensor is the reader's when it made one."""
+    tensor = frame.tensor if frame.tensor is not None else backend.prepare(frame.input[None])
+    t0 = time.perf_counter()
+    probs = backend.infer(tensor)[0]
+    return frame, probs, (time.perf_counter() - t0) * 1000.0
+
+
 def _sequential(frames: Iterable[Frame], backend: Backend) -> Iterator[tuple[Frame, np.ndarray, float]]:
     """Latency mode: one backend, all its threads on each frame."""
-    prepare, infer = backend.prepare, backend.infer
     for frame in frames:
-        tensor = frame.tensor if frame.tensor is not None else prepare(frame.input[None])
-        t0 = time.perf_counter()
-        probs = infer(tensor)[0]
-        yield frame, probs, (time.perf_counter() - t0) * 1000.0
+        yield _classify(backend, frame)
 
 
 class _Workers:
@@ -145,6 +149,10 @@ class _Workers:
         self._room = threading.Semaphore(2 * len(backends))
         self._threads = [threading.Thread(target=self._work, args=(b,), daemon=True, name=f"edgeclf-infer-{i}")
                          for i, b in enumerate(backends)]
+        import cv2  # the workers fill every core: OpenCV's own threads would only oversubscribe
+
+        self._cv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
 
     def _work(self, backend: Backend) -> None:
         while True:
@@ -163,13 +171,7 @@ class _Workers:
                 self._next += 1
             try:
                 item = task()
-                if isinstance(item, Frame):
-                    tensor = item.tensor if item.tensor is not None else backend.prepare(item.input[None])
-                    t0 = time.perf_counter()
-                    probs = backend.infer(tensor)[0]
-                    result: object = (item, probs, (time.perf_counter() - t0) * 1000.0)
-                else:
-                    result = item  # a Skip, reported in its place
+                result: object = _classify(backend, item) if isinstance(item, Frame) else item  # a Skip: in place
             except SourceError as exc:  # a file that must decode did not: the source ends there
                 self._finish(seq, exc)
                 return
@@ -214,6 +216,9 @@ class _Workers:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=10)
+        import cv2
+
+        cv2.setNumThreads(self._cv_threads)
 
 
 def _same(frame: Frame) -> Frame:
@@ -326,7 +331,7 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         src = open_source(source, Preprocess(backend.height, backend.width, spec.resize, keep_image=draw,
                                              prepare=backend.prepare),
                           reconnect_timeout=opts.reconnect_timeout)
-    writer = window = saver = workers = cv_threads = None
+    writer = window = saver = workers = None
     top_k, threshold = opts.top_k, opts.threshold
     latencies = summary.latencies_ms
     started = time.perf_counter()
@@ -337,10 +342,6 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         if summary.mode == "throughput":
             summary.workers = max(2, backend.threads)
             workers = _Workers(src, [backend.clone(1) for _ in range(summary.workers)])
-            import cv2  # the workers already fill every core: OpenCV's own threads would only oversubscribe
-
-            cv_threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
             started = time.perf_counter()  # the workers' interpreters are loaded: the loop starts now
             results: Iterable[tuple[Frame, np.ndarray, float]] = workers
         else:
@@ -386,10 +387,6 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         for closer in (workers, writer, saver, window):
             if closer is not None:
                 closer.close()
-        if cv_threads is not None:
-            import cv2
-
-            cv2.setNumThreads(cv_threads)
     summary.dropped, summary.skipped, summary.reconnects = src.dropped, list(src.skipped), src.reconnects
     summary.rows = writer.rows if writer is not None else 0
     if summary.frames == 0 and not summary.interrupted and not src.live:
