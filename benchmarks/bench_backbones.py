@@ -7,7 +7,7 @@ For each backbone, in a process of its own (TensorFlow's memory is returned betw
 then `edgeclf bench EXPORT... --data DATA --out WORK/bench` in a fresh process (no TensorFlow).
 
 The baseline is the plain CNN trained from scratch: transfer learning must beat it. Only MobileNetV2 has
-ImageNet weights offline (/work/shared/weights); EfficientNetB0 and InceptionResNetV2 run with
+ImageNet weights offline (../shared/weights beside the checkout); EfficientNetB0 and InceptionResNetV2 run with
 `--weights none` (random backbone, head trained on its features): their rows measure size, speed and memory
 and the exporter's faithfulness, not what those backbones reach with ImageNet weights. Sizes and epochs are
 chosen to fit a 2-core CPU and are recorded with the results.

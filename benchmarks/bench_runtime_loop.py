@@ -262,7 +262,7 @@ Measured by `benchmarks/bench_runtime_loop.py` on {result['date']}
 
 Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']}, OpenCV {m['opencv']},
 ai-edge-litert {m['ai_edge_litert']}, onnxruntime {m['onnxruntime']}; {m['platform']}.
-This machine is shared and noisy (±10-30 % run to run, FACTS.md): every round measures every variant,
+This machine is shared and noisy (latencies vary ±10-30 % run to run): every round measures every variant,
 interleaved; read the medians and the quartiles of the per-round ratios, not one number.
 
 Model: {result['model']}, built from the shared ImageNet weights. Images: {runs[0]['images']} hymenoptera

@@ -2,7 +2,7 @@
 
     python benchmarks/export_flowers.py RUN_DIR [--out DIR] [--calib-images 300]
 
-RUN_DIR is an `edgeclf train` run on /work/shared/data/flower_photos (mobilenet_v2, 224). Writes
+RUN_DIR is an `edgeclf train` run on ../shared/data/flower_photos (mobilenet_v2, 224). Writes
 benchmarks/results/export_flowers.md: machine, per format size / val top-1 / agreement / drop, and the
 ONNX int8 recipe comparison (7-bit reduce_range, the default, vs full-range weights).
 Run it alone (flock /tmp/edgeclf-cpu.lock): it uses both cores for a few minutes.

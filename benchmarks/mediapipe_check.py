@@ -1,6 +1,6 @@
 """Does MediaPipe Tasks' ImageClassifier (the reference TFLite metadata client) load our .tflite files?
 
-Run in a SEPARATE environment (mediapipe clashes with tfmot's absl pin, FACTS.md):
+Run in a SEPARATE environment (mediapipe 1.2.2 pulls absl-py 2.x and opencv-contrib-python, which clash with tfmot's absl-py~=1.2 pin):
 
     python -m venv /tmp/mpvenv && /tmp/mpvenv/bin/pip install mediapipe==1.2.2
     /tmp/mpvenv/bin/python benchmarks/mediapipe_check.py EXPORT_DIR IMAGE...

@@ -54,3 +54,15 @@ class TrainConfig:
             raise EdgeclfError(f"{path}: cannot read the run's settings ({exc})") from None
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def default(cls, name: str):
+    """The default of field ``name`` of dataclass ``cls``: what a CLI option shows and uses, written once."""
+    from dataclasses import MISSING
+
+    f = cls.__dataclass_fields__[name]
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")

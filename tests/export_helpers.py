@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("EDGECLF_TEST_DATA", "/work/shared/data")) / "hymenoptera_data"
-WEIGHTS_DIR = Path(os.environ.get("EDGECLF_WEIGHTS_DIR", "/work/shared/weights"))
+# ../shared beside the checkout, as in conftest.py (EDGECLF_SHARED overrides it)
+SHARED = Path(os.environ.get("EDGECLF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+DATA = SHARED / "data" / "hymenoptera_data"
+WEIGHTS_DIR = Path(os.environ.get("EDGECLF_WEIGHTS_DIR", SHARED / "weights"))
 
 
 def build_run(run_dir: Path, model: str = "mobilenet_v2_035", imgsz: int = 96, weights: str | None = None,

@@ -28,8 +28,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-DATA = Path(os.environ.get("EDGECLF_TEST_DATA", "/work/shared/data/hymenoptera_data"))
-WEIGHTS = Path(os.environ.get("EDGECLF_WEIGHTS_DIR", "/work/shared/weights"))
+# ../shared beside the checkout, as in conftest.py (EDGECLF_SHARED overrides it)
+SHARED = Path(os.environ.get("EDGECLF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+DATA = SHARED / "data" / "hymenoptera_data"
+WEIGHTS = Path(os.environ.get("EDGECLF_WEIGHTS_DIR", SHARED / "weights"))
 CLASSES = ["ants", "bees"]
 
 

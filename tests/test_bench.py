@@ -186,7 +186,7 @@ def test_top1_recomputed_independently(bench_out, export_dir, hymenoptera):
     from edgeclf.data.dataset import scan
     from edgeclf.imageio import load_resized
     from edgeclf.runtime import ModelRef, open_backend
-    from edgeclf.train.report import classification_report
+    from edgeclf.metrics import classification_report
 
     out, _ = bench_out
     bundle = load_bundle(export_dir)

@@ -102,7 +102,7 @@ def test_int8_quantization_parameters_applied(exported, hymenoptera):
     it = Interpreter(model_path=str(exported.out_dir / art.file))
     it.allocate_tensors()
     i, o = it.get_input_details()[0], it.get_output_details()[0]
-    # --io uint8 with Rescaling inside the graph: the raw pixel is the input (FACTS.md)
+    # --io uint8 with Rescaling inside the graph: the raw pixel is the input (scale 1, zero point 0)
     assert i["dtype"] == np.uint8 and o["dtype"] == np.uint8
     assert (art.input.dtype, art.input.scale, art.input.zero_point) == ("uint8", i["quantization"][0], i["quantization"][1])
     assert (art.output.dtype, art.output.scale, art.output.zero_point) == ("uint8", o["quantization"][0], o["quantization"][1])
@@ -165,7 +165,7 @@ def test_onnx_metadata_props(exported):
 def test_collapse_detected_on_broken_calibration(run_dir, tmp_path):
     """Calibrating on images scaled to 0..1 (a classic bug) makes real photos saturate the input."""
     from edgeclf.convert.calibration import CalibrationSet, calibration_set, load_images
-    from edgeclf.train.rundir import load_run
+    from edgeclf.rundir import load_run
 
     run = load_run(run_dir)
     good = calibration_set(run.dataset().train, 32, IMGSZ, IMGSZ, "bilinear")

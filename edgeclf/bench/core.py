@@ -9,7 +9,7 @@ size with :func:`edgeclf.imageio.load_resized` into a temporary ``.npy`` -> for 
 thread count, one child process (:mod:`edgeclf.bench.worker`) loads the model through
 ``edgeclf.runtime.open_backend``, times batch-1 invokes, reports its peak RSS, and (once per artifact and
 backend) predicts the whole validation array -> metrics here with
-:func:`edgeclf.train.report.classification_report` -> table, ``bench.csv/json/md/png`` and a log line.
+:func:`edgeclf.metrics.classification_report` -> table, ``bench.csv/json/md/png`` and a log line.
 
 The children run one after another: latency measured while another model runs would mean nothing.
 """
@@ -155,13 +155,14 @@ def _run_split(bundle: Bundle, folder: Path, data: Path):
     """The run's own ``split.json`` when the export came from a run trained on ``data``, else None."""
     from edgeclf.data.dataset import Dataset
 
+    from edgeclf.rundir import SPLIT, split_root
+
     run = bundle.source.get("run")
     candidates = ([Path(run)] if run else []) + [folder.parent]
     for run_dir in candidates:
-        split = run_dir / "split.json"
-        try:
-            root = Path(json.loads(split.read_text(encoding="utf-8"))["root"])
-        except (OSError, ValueError, KeyError, TypeError):
+        split = run_dir / SPLIT
+        root = split_root(run_dir)
+        if root is None:
             continue
         if root.resolve() == data.resolve():
             try:
@@ -353,7 +354,7 @@ def _reference(e: ExportInfo, probs: dict) -> tuple[str, str, np.ndarray] | None
 
 
 def add_metrics(rows: list[dict], exports: list[ExportInfo], probs: dict, min_top1: float | None) -> None:
-    from edgeclf.train.report import classification_report
+    from edgeclf.metrics import classification_report
 
     reports: dict[tuple, dict] = {}
     for e in exports:

@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from edgeclf.bench.core import DEFAULT_LOG
+
 
 @click.command("bench")
 @click.argument("exports", metavar="EXPORT_DIR [EXPORT_DIR ...]", nargs=-1, required=True,
@@ -22,7 +24,7 @@ import click
                    "(OpenCV DNN for float ONNX only).")
 @click.option("--min-top1", type=float, default=None,
               help="Accuracy floor (fraction, e.g. 0.9): exit 3 when any model is below it or fails (CI gate).")
-@click.option("--log", type=click.Path(path_type=str), default="runs/bench/bench_log.jsonl", show_default=True,
+@click.option("--log", type=click.Path(path_type=str), default=str(DEFAULT_LOG), show_default=True,
               help="Append one JSON line per bench run here ('' for none).")
 def command(exports, data, out, runs, warmup, threads, backends, min_top1, log) -> None:
     """Measure every model of one or more export folders on the validation split of DATA, side by side,

@@ -59,9 +59,9 @@ def command(source, out, formats, int8, io, calib_images, max_drop, qat, qat_epo
       4  a model failed: conversion error or collapse (one class for everything, or chance);
          it is left out of edgeclf.json
     """
-    import os
+    from edgeclf import log
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    log.quiet_native_stderr()  # before TensorFlow is imported: its C++ start-up chatter
     from edgeclf.convert.exporter import ExportOptions, export_model
 
     result = export_model(ExportOptions(

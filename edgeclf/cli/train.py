@@ -45,6 +45,7 @@ from edgeclf.models.registry import BACKBONES
               help="Continue a killed run from its last checkpoint, same settings (alone: the latest run).")
 def command(data, resume, **opts) -> None:
     """Fine-tune an ImageNet backbone on DATA (class folders, split into train/ and val/ or not)."""
+    from edgeclf import log
     from edgeclf.config import TrainConfig
     from edgeclf.errors import EdgeclfError
     from edgeclf.train.trainer import train
@@ -55,4 +56,5 @@ def command(data, resume, **opts) -> None:
     if opts["unfreeze"] != "all" and not opts["unfreeze"].isdigit():
         raise EdgeclfError(f"--unfreeze takes a number of layers or 'all' (got {opts['unfreeze']})")
     cfg = TrainConfig(data=data or "", **opts)
+    log.quiet_native_stderr()  # before TensorFlow is imported: its C++ start-up chatter
     train(cfg, resume=resume)

@@ -7,7 +7,8 @@ TFLite: the standard ``TFLITE_METADATA`` flatbuffer (schema ``metadata_schema.fb
 model, as MediaPipe Tasks and the TFLite support library expect. Our own JSON is also stored as a model
 metadata entry named ``edgeclf`` (contract.METADATA_KEY). The writer is written here against the
 published schema because neither tflite-support (protobuf < 4) nor mediapipe's writers can be installed
-beside TensorFlow (FACTS.md).
+beside TensorFlow (tflite-support 0.4.4 needs protobuf < 4, TensorFlow >= 6; mediapipe 1.2.2's
+metadata_writers fail on import with "No module named 'mediapipe.tasks.cc'").
 
 ONNX: the same JSON in ``metadata_props["edgeclf"]``, plus the class names and input description as
 plain keys.

@@ -1,6 +1,6 @@
 """ONNX formats: fp32 through tf2onnx (NHWC input as trained), int8 through onnxruntime's quantizer.
 
-int8 recipe (FACTS.md, onnxruntime#11415): ``quant_pre_process`` (shape inference + graph
+int8 recipe (measured on MobileNetV2 flowers; onnxruntime#11415): ``quant_pre_process`` (shape inference + graph
 optimisation; without it per-channel MinMax lost 9 points), then static QDQ with MinMax calibration on
 the shared calibration images, weights per channel by default. ``reduce_range`` (7-bit weights) decides
 between usable and broken on x86 without VNNI, where ONNX Runtime's U8S8 kernels sum pairs of u8*s8

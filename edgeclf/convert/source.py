@@ -6,7 +6,6 @@ resize method, and the training/validation images (the exact split of the run, o
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,10 @@ class ExportSource:
 
     @property
     def default_out(self) -> Path:
+        from edgeclf.rundir import EXPORT
+
         base = self.run_dir if self.run_dir is not None else self.model_path.parent
-        return base / "export"
+        return base / EXPORT
 
 
 def _check_keras_file(path: Path) -> None:
@@ -40,21 +41,6 @@ def _check_keras_file(path: Path) -> None:
     if not zipfile.is_zipfile(path):
         raise EdgeclfError(f"{path}: not a readable .keras model (corrupt or truncated file); re-run training "
                            f"or point to another model")
-
-
-def _report_top1(run_dir: Path) -> float | None:
-    p = run_dir / "report.json"
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for key in ("top1", "val_top1", "val_accuracy"):
-        v = d.get(key) if isinstance(d, dict) else None
-        if isinstance(v, (int, float)):
-            return float(v)
-        if isinstance(d.get("val"), dict) and isinstance(d["val"].get(key), (int, float)):
-            return float(d["val"][key])
-    return None
 
 
 def _read_labels(path: str | Path) -> list[str]:
@@ -78,7 +64,7 @@ def resolve_source(target: str | Path, data: str | None = None, labels: str | No
     the input size from the model itself unless ``imgsz`` is given.
     """
     from edgeclf.data.dataset import scan
-    from edgeclf.train.rundir import load_run
+    from edgeclf.rundir import load_run
 
     target = Path(target)
     if resize is not None and resize not in RESIZE_METHODS:
@@ -94,7 +80,7 @@ def resolve_source(target: str | Path, data: str | None = None, labels: str | No
             raise EdgeclfError(f"--labels {labels} differs from the run's classes {run.classes}")
         return ExportSource(model_path, list(run.classes), int(imgsz or run.imgsz),
                             resize or run.config.resize or DEFAULT_RESIZE, ds.train, ds.val, run_dir=target,
-                            backbone=run.config.model, keras_val_top1=_report_top1(target),
+                            backbone=run.config.model, keras_val_top1=run.val_top1(),
                             info={"run": str(target), "data": str(ds.root)})
     if target.suffix != ".keras":
         if not target.exists():

@@ -1,6 +1,6 @@
 """TFLite formats: fp32, fp16, dynamic-range and full-integer int8, built-in ops only.
 
-Uses ``tf.lite.TFLiteConverter.from_keras_model`` (works with Keras 3 here, FACTS.md). Flex (SELECT_TF_OPS)
+Uses ``tf.lite.TFLiteConverter.from_keras_model`` (works with Keras 3 models). Flex (SELECT_TF_OPS)
 is never enabled: the pip runtimes cannot run it, so a model that needs it is an error naming the ops.
 """
 from __future__ import annotations

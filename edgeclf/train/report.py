@@ -1,4 +1,4 @@
-"""Classification metrics (numpy only) and the run folder's plots (matplotlib, headless)."""
+"""The run folder's plots (matplotlib, headless). The metrics themselves live in :mod:`edgeclf.metrics`."""
 from __future__ import annotations
 
 import csv
@@ -7,39 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import fsutil
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return cm
-
-
-def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[str]) -> dict:
-    """top-1 (and top-5 with more than five classes), per-class precision/recall/F1/support, macro-F1."""
-    probs = np.asarray(probs, dtype=np.float64)
-    y_true = np.asarray(y_true, dtype=int)
-    k = len(classes)
-    y_pred = probs.argmax(axis=1)
-    cm = confusion(y_true, y_pred, k)
-    tp = np.diag(cm).astype(float)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
-    out = {
-        "images": int(len(y_true)),
-        "top1": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-        "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
-        "per_class": {c: {"precision": round(float(precision[i]), 4), "recall": round(float(recall[i]), 4),
-                          "f1": round(float(f1[i]), 4), "support": int(support[i])} for i, c in enumerate(classes)},
-        "confusion_matrix": cm.tolist(),
-    }
-    if k > 5:
-        top5 = np.argsort(-probs, axis=1)[:, :5]
-        out["top5"] = float((top5 == y_true[:, None]).any(axis=1).mean())
-    return out
 
 
 def _plt():

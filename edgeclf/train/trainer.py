@@ -26,9 +26,9 @@ from edgeclf.config import TrainConfig
 from edgeclf.data.dataset import Dataset, print_report, scan
 from edgeclf.errors import EdgeclfError
 from edgeclf.models.registry import get_backbone
+from edgeclf import metrics, rundir
+from edgeclf.rundir import RunInfo
 from edgeclf.train import report as reporting
-from edgeclf.train import rundir
-from edgeclf.train.rundir import RunInfo
 
 RESULT_FIELDS = ["epoch", "stage", "stage_epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
                  "elapsed"]  # elapsed: wall seconds since training started, feature caching included
@@ -162,7 +162,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console=None) -> R
         run_dir = rundir.new_run_dir(cfg.project, cfg.name)
         cfg.data = str(Path(cfg.data).resolve())
         cfg.save(run_dir / rundir.ARGS)
-        fsutil.write_json(run_dir / "data_report.json", ds.report.to_dict())
+        fsutil.write_json(run_dir / rundir.DATA_REPORT, ds.report.to_dict())
         ds.save(run_dir / rundir.SPLIT)
         state = _load_state(run_dir)
         console.print(f"run folder: {run_dir}")
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console=None) -> R
             model.load_weights(run_dir / rundir.LAST)
     augmenter = make_augmenter(cfg.flip, cfg.rotation, cfg.zoom, cfg.contrast, cfg.seed) if cfg.augment else None
     class_weight = _class_weights(ds, k) if cfg.class_weights == "auto" else None
-    results_path = run_dir / "results.csv"
+    results_path = run_dir / rundir.RESULTS
     rows = _read_results(results_path, state["epoch"])
     stages = plan_stages(cfg)
     t_start = time.time() - float(state.get("train_seconds", 0.0))
@@ -264,14 +264,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console=None) -> R
         runner = features.TFLiteRunner(model)
         eval_fn = (lambda: runner(np.concatenate([x.numpy() for x, _ in image_dataset(ds.val, size, k, 64, cfg.resize)])))
     probs = eval_fn()
-    rep = reporting.classification_report(probs, y_val, ds.classes)
+    rep = metrics.classification_report(probs, y_val, ds.classes)
     rep.update(model=cfg.model, imgsz=size, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                train_seconds=round(time.time() - t_start, 1))
     if ds.test:
         test_ds = image_dataset(ds.test, size, k, cfg.batch, cfg.resize)
-        rep["test"] = reporting.classification_report(model.predict(test_ds, verbose=0),
+        rep["test"] = metrics.classification_report(model.predict(test_ds, verbose=0),
                                                       np.array([s.label for s in ds.test]), ds.classes)
-    fsutil.write_json(run_dir / "report.json", rep)
+    fsutil.write_json(run_dir / rundir.REPORT, rep)
     cm = np.array(rep["confusion_matrix"])
     reporting.plot_confusion(cm, ds.classes, run_dir / "confusion_matrix.png", normalize=False)
     reporting.plot_confusion(cm, ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)

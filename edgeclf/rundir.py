@@ -1,9 +1,11 @@
-"""The run folder that ``edgeclf train`` writes and ``edgeclf export`` reads. No TensorFlow.
+"""The run folder: what ``edgeclf train`` writes, and ``edgeclf export`` and ``edgeclf bench`` read.
+Shared ground beside :mod:`edgeclf.contract` (the export folder). No TensorFlow.
 
     runs/train/<name>/
       args.yaml  data_report.json  split.json  results.csv  results.png  report.json
       confusion_matrix.png  confusion_matrix_normalized.png  state.json
       weights/best.keras  weights/last.keras
+      export/                      (edgeclf export's default output: the contract)
 """
 from __future__ import annotations
 
@@ -19,8 +21,12 @@ from edgeclf.models.registry import get_backbone
 ARGS = "args.yaml"
 SPLIT = "split.json"
 STATE = "state.json"
+REPORT = "report.json"
+RESULTS = "results.csv"
+DATA_REPORT = "data_report.json"
 BEST = "weights/best.keras"
 LAST = "weights/last.keras"
+EXPORT = "export"
 
 
 @dataclass
@@ -42,9 +48,26 @@ class RunInfo:
         """The exact train/val split the model was trained on."""
         return Dataset.load(self.dir / SPLIT)
 
-    def state(self) -> dict:
-        p = self.dir / STATE
-        return json.loads(p.read_text()) if p.is_file() else {}
+    def val_top1(self) -> float | None:
+        """Validation top-1 from ``report.json`` (None when training has not finished)."""
+        return report_top1(self.dir)
+
+
+def report_top1(run_dir: Path) -> float | None:
+    try:
+        d = json.loads((Path(run_dir) / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    v = d.get("top1") if isinstance(d, dict) else None
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def split_root(run_dir: Path) -> Path | None:
+    """The data folder a run's ``split.json`` was made from (None if unreadable)."""
+    try:
+        return Path(json.loads((Path(run_dir) / SPLIT).read_text(encoding="utf-8"))["root"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def new_run_dir(project: str | Path, name: str) -> Path:
