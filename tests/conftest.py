@@ -30,3 +30,54 @@ def flowers() -> Path:
     if not FLOWERS.is_dir():
         pytest.fail(f"the test data set is missing: expected {FLOWERS}")
     return FLOWERS
+
+
+# --- the one trained model of the session ---------------------------------------------------------------
+# MobileNetV2 0.35 at 96 px on hymenoptera, both stages, trained by `edgeclf train` as a user runs it.
+# Export, bench and train tests share it. Cached in the temp folder under a hash of the code that
+# trains it, so a second session on unchanged code reuses it (a clean CI machine always builds it).
+SMALL_RUN_ARGS = ["--model", "mobilenet_v2_035", "--imgsz", "96", "--epochs", "5", "--fine-tune-epochs", "2",
+                  "--unfreeze", "8"]
+
+
+def sources_key(*subpackages: str, extra: tuple[str, ...] = ()) -> str:
+    """A short hash of the edgeclf sources in ``subpackages`` (and top-level modules ``extra``)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for sub in subpackages:
+        for p in sorted((REPO / "edgeclf" / sub).rglob("*.py")):
+            h.update(p.read_bytes())
+    for name in extra:
+        h.update((REPO / "edgeclf" / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def edgeclf_cli(*args: str, env: dict | None = None, check: bool = True, timeout: int = 1200):
+    """Run ``python -m edgeclf ARGS`` in a process of its own; fail the test with its output if asked."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edgeclf", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgeclf {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def small_run(hymenoptera) -> Path:
+    """The session's trained run folder (read-only: copy it before changing anything in it)."""
+    import shutil
+    import tempfile
+
+    key = sources_key("train", "models", "data", extra=("config.py", "rundir.py", "metrics.py", "imageio.py",
+                                                         "fsutil.py", "log.py"))
+    base = Path(tempfile.gettempdir()) / f"edgeclf-test-run-{key}"
+    if not (base / "DONE").is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        proc = edgeclf_cli("train", str(hymenoptera), *SMALL_RUN_ARGS, "--project", str(base), "--name", "small")
+        (base / "train.log").write_text(proc.stdout + proc.stderr)
+        (base / "DONE").write_text("ok\n")
+    return base / "small"

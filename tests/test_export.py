@@ -27,14 +27,11 @@ CALIB = 64  # small on purpose (warning expected): the suite must stay fast
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory, hymenoptera) -> Path:
-    from edgeclf.config import TrainConfig
-    from edgeclf.train.trainer import train
-
-    project = tmp_path_factory.mktemp("runs")
-    info = train(TrainConfig(data=str(hymenoptera), model="mobilenet_v2_035", imgsz=IMGSZ, epochs=6,
-                             fine_tune_epochs=0, project=str(project), name="exp"), console=_quiet())
-    return info.dir
+def run_dir(small_run, tmp_path_factory) -> Path:
+    """A copy of the session's trained run (conftest.py), so export tests may write into it."""
+    copy = tmp_path_factory.mktemp("runs") / "exp"
+    shutil.copytree(small_run, copy)
+    return copy
 
 
 def _quiet():

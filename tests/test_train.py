@@ -17,21 +17,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 
-def edgeclf(*args: str, env: dict | None = None, check: bool = True, timeout: int = 600):
-    proc = subprocess.run([sys.executable, "-m", "edgeclf", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"edgeclf {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory, hymenoptera) -> Path:
-    """MobileNetV2 0.35 at 96 px, ImageNet weights from ../shared/weights, both stages, cached features."""
-    project = tmp_path_factory.mktemp("runs")
-    edgeclf("train", str(hymenoptera), "--model", "mobilenet_v2_035", "--imgsz", "96", "--epochs", "5",
-            "--fine-tune-epochs", "2", "--unfreeze", "8", "--project", str(project), "--name", "small")
-    return project / "small"
+from conftest import edgeclf_cli as edgeclf  # noqa: E402  (small_run, the session's run, is in conftest.py)
 
 
 def test_run_folder_has_every_artifact(small_run):
