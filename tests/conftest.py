@@ -81,3 +81,21 @@ def small_run(hymenoptera) -> Path:
         (base / "train.log").write_text(proc.stdout + proc.stderr)
         (base / "DONE").write_text("ok\n")
     return base / "small"
+
+
+@pytest.fixture(scope="session")
+def small_export(small_run) -> Path:
+    """``edgeclf export --int8`` of the session's run (every format, verified), cached like small_run.
+
+    Read-only: tests that change an export copy it first.
+    """
+    import shutil
+
+    key = sources_key("convert", "runtime", extra=("contract.py", "metrics.py", "status.py"))
+    out = small_run.parent / f"export-{key}"
+    if not (out / "DONE").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        proc = edgeclf_cli("export", str(small_run), "--int8", "--io", "uint8", "--calib-images", "64",
+                           "--max-drop", "100", "--out", str(out))
+        (out / "DONE").write_text(proc.stdout + proc.stderr)
+    return out
