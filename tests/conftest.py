@@ -93,9 +93,10 @@ def small_export(small_run) -> Path:
 
     key = sources_key("convert", "runtime", extra=("contract.py", "metrics.py", "status.py"))
     out = small_run.parent / f"export-{key}"
-    if not (out / "DONE").is_file():
+    done = out.parent / f"{out.name}.log"  # written last, beside the folder (nothing extra inside it)
+    if not done.is_file():
         shutil.rmtree(out, ignore_errors=True)
         proc = edgeclf_cli("export", str(small_run), "--int8", "--io", "uint8", "--calib-images", "64",
                            "--max-drop", "100", "--out", str(out))
-        (out / "DONE").write_text(proc.stdout + proc.stderr)
+        done.write_text(proc.stdout + proc.stderr)
     return out
