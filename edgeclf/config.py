@@ -10,6 +10,13 @@ from edgeclf import fsutil
 from edgeclf.errors import EdgeclfError
 
 
+IO_TYPES = ("uint8", "int8", "float")  # input/output of the full-integer TFLite model
+SEARCH_MODES = ("auto", "none")
+ONNX_CALIBRATE_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIB_IMAGES = 300
+DEFAULT_SELECTION_IMAGES = 500
+
+
 @dataclass
 class TrainConfig:
     data: str
@@ -51,9 +58,53 @@ class TrainConfig:
         try:
             d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise EdgeclfError(f"{path}: cannot read the run's settings ({exc})") from None
+            raise EdgeclfError(f"{path}: cannot read the run's settings ({exc})") from exc
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ExportOptions:
+    target: str | Path  # run folder or .keras file
+    out: str | Path | None = None  # default: RUN_DIR/export (or beside the .keras)
+    formats: str | None = None  # "tflite-fp32,onnx" ...; None: all (float only without int8)
+    int8: bool = False
+    io: str = "uint8"  # int8 TFLite input/output: uint8 (camera pixels, MediaPipe) | int8 | float
+    calib_images: int = DEFAULT_CALIB_IMAGES
+    selection_images: int = DEFAULT_SELECTION_IMAGES  # the search judges candidates on these (train, not calib)
+    max_drop: float = 0.5  # points vs the float model: the int8 budget
+    search: str = "auto"  # auto: search each int8 artifact for the fastest within budget; none: one fixed recipe
+    strict: bool = False  # an artifact over budget exits 3 instead of warning
+    qat: bool = False
+    qat_epochs: int = 2
+    data: str | None = None  # bare .keras: the photo folder (calibration + verification)
+    labels: str | None = None  # bare .keras: class names, one per line, output order
+    imgsz: int | None = None
+    resize: str | None = None
+    onnx_per_channel: bool | None = None  # None: per-channel (the search may try per-tensor)
+    onnx_reduce_range: bool | None = None  # 7-bit weights; None: chosen (search, or by agreement without it)
+    onnx_calibrate: str | None = None  # minmax | percentile | entropy; None: the search tries each
+    opset: int = 13
+    seed: int = 0
+    threads: int | None = None
+    verify_images: int | None = None  # None: the whole validation split
+    calibration: "CalibrationSet | None" = None  # library use: calibrate on these images instead
+
+    def check(self) -> None:
+        """Reject bad combinations up front, with one-line errors (the one place options are validated)."""
+        if self.max_drop < 0:
+            raise EdgeclfError(f"--max-drop must be >= 0 (got {self.max_drop})")
+        if self.io not in IO_TYPES:
+            raise EdgeclfError(f"--io {self.io!r}: choose one of {', '.join(IO_TYPES)}")
+        if self.search not in SEARCH_MODES:
+            raise EdgeclfError(f"--search {self.search!r}: choose one of {', '.join(SEARCH_MODES)}")
+        if self.onnx_calibrate is not None and self.onnx_calibrate not in ONNX_CALIBRATE_METHODS:
+            raise EdgeclfError(f"--onnx-calibrate {self.onnx_calibrate!r}: choose one of "
+                               f"{', '.join(ONNX_CALIBRATE_METHODS)}")
+        if self.calib_images < 1:
+            raise EdgeclfError(f"--calib-images must be at least 1 (got {self.calib_images})")
+        if self.selection_images < 0:
+            raise EdgeclfError(f"--selection-images must be 0 or more (got {self.selection_images})")
 
 
 def default(cls, name: str):

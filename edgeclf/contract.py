@@ -45,6 +45,39 @@ class TensorSpec:
     zero_point: int | None = None
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How an int8 model was quantized: what ``edgeclf export`` chose, recorded in ``edgeclf.json``."""
+
+    quantizer: str = ""  # "tflite-converter" | "onnxruntime" | "tfmot-qat"
+    quant_format: str | None = None  # ONNX: "QDQ" | "QOperator"
+    calibration: str = "minmax"  # minmax | entropy | percentile
+    calibration_images: int = 0
+    weight_bits: int = 8  # 7: ONNX Runtime's reduce_range
+    per_channel: bool = True
+    activation_bits: int = 8  # 16: int16 activations with int8 weights
+    float_layers: tuple[str, ...] = ()  # layers (TFLite tensors / ONNX nodes) kept in float
+
+    def label(self) -> str:
+        """One line for tables: ``QOperator minmax/300 w8 per-channel a8, 2 float``."""
+        if self.quantizer == "tfmot-qat":
+            return f"QAT, a{self.activation_bits}"
+        parts = [self.quant_format] if self.quant_format else []
+        parts += [f"{self.calibration}/{self.calibration_images}", f"w{self.weight_bits}",
+                  "per-channel" if self.per_channel else "per-tensor", f"a{self.activation_bits}"]
+        text = " ".join(parts)
+        return text + (f", {len(self.float_layers)} float" if self.float_layers else "")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Recipe | None":
+        if not d:
+            return None
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "float_layers" in known:
+            known["float_layers"] = tuple(known["float_layers"])
+        return cls(**known)
+
+
 @dataclass
 class Artifact:
     file: str
@@ -56,6 +89,8 @@ class Artifact:
     output: TensorSpec = field(default_factory=lambda: TensorSpec("float32"))
     val_top1: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"agreement": 0.99, "drop_pt": 0.1}
+    recipe: Recipe | None = None  # int8: how it was quantized
+    search: list[dict[str, Any]] = field(default_factory=list)  # int8: every candidate the search tried
 
     @property
     def name(self) -> str:
@@ -116,10 +151,11 @@ def bundle_from_dict(d: dict[str, Any], root: Path | None = None) -> Bundle:
                 file=a["file"], format=a["format"], precision=a["precision"], bytes=int(a.get("bytes", 0)),
                 sha256=a.get("sha256", ""), input=_tensor(a.get("input")), output=_tensor(a.get("output")),
                 val_top1=a.get("val_top1"), extra=dict(a.get("extra", {})),
+                recipe=Recipe.from_dict(a.get("recipe")), search=list(a.get("search") or []),
             ))
         classes = [str(c) for c in d["classes"]]
     except (KeyError, TypeError) as exc:
-        raise ContractError(f"edgeclf.json is missing or has a malformed field: {exc}") from None
+        raise ContractError(f"edgeclf.json is missing or has a malformed field: {exc}") from exc
     if not classes:
         raise ContractError("edgeclf.json lists no classes")
     return Bundle(classes=classes, input=spec, artifacts=arts, source=dict(d.get("source", {})),
@@ -137,7 +173,7 @@ def load_bundle(folder: str | Path) -> Bundle:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{path}: unreadable ({exc})") from None
+        raise ContractError(f"{path}: unreadable ({exc})") from exc
     bundle = bundle_from_dict(d, root=folder)
     labels = folder / LABELS_FILE
     if labels.is_file():

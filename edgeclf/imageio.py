@@ -116,8 +116,8 @@ def resize_rgb(img: np.ndarray, height: int, width: int, method: str = DEFAULT_R
     cv2 = _cv2()
     try:
         interp = RESIZE_METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown resize method {method!r}; expected one of {sorted(RESIZE_METHODS)}") from None
+    except KeyError as exc:
+        raise ValueError(f"unknown resize method {method!r}; expected one of {sorted(RESIZE_METHODS)}") from exc
     return cv2.resize(img, (width, height), interpolation=interp)
 
 

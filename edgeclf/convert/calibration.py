@@ -1,8 +1,11 @@
-"""One calibration source for TFLite's representative dataset and ONNX Runtime's calibration reader.
+"""The images int8 export learns from: calibration (ranges) and selection (the search's judge).
 
-Images are drawn stratified (per class, seeded) from the training split and decoded and resized by
-:func:`edgeclf.imageio.load_resized`, the function ``run`` and ``bench`` use: the quantization ranges
-are measured on exactly what the deployed model will see. No TensorFlow.
+Both are drawn stratified (per class, seeded) from the training split, disjoint from each other, and
+the validation split is never used for either: the accuracy that export reports on validation is not
+the figure the search tuned on. Images are decoded and resized by :func:`edgeclf.imageio.load_resized`,
+the function ``run`` and ``bench`` use: the quantization ranges are measured on exactly what the
+deployed model will see. One calibration source feeds TFLite's representative dataset and ONNX
+Runtime's calibration reader. No TensorFlow.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import numpy as np
 from edgeclf.errors import EdgeclfError
 from edgeclf.imageio import ImageDecodeError, load_resized
 
-DEFAULT_CALIB_IMAGES = 300
+from edgeclf.config import DEFAULT_CALIB_IMAGES
+
 MIN_RECOMMENDED = 100
 
 
@@ -54,7 +58,7 @@ def load_images(samples: list, height: int, width: int, resize: str) -> np.ndarr
         try:
             return np.stack(list(pool.map(one, samples)))
         except ImageDecodeError as exc:
-            raise EdgeclfError(f"calibration/validation image: {exc}") from None
+            raise EdgeclfError(f"calibration/validation image: {exc}") from exc
 
 
 @dataclass
@@ -96,14 +100,42 @@ class CalibrationSet:
         return _Reader()
 
 
-def calibration_set(train_samples: list, n: int, height: int, width: int, resize: str,
-                    seed: int = 0, warn=None) -> CalibrationSet:
-    if n < 1:
-        raise EdgeclfError(f"--calib-images must be at least 1 (got {n})")
+@dataclass
+class SelectionSet:
+    """Labelled images the quantization search judges candidates on (training split, not calibration)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def split_training(train_samples: list, n_calib: int, n_select: int, seed: int = 0) -> tuple[list, list]:
+    """Disjoint stratified draws from the training split: (calibration, selection).
+
+    Selection takes at most half of a small training split, so calibration always keeps the rest.
+    """
+    if n_calib < 1:
+        raise EdgeclfError(f"--calib-images must be at least 1 (got {n_calib})")
     if not train_samples:
         raise EdgeclfError("no training images to calibrate on")
-    picked = stratified_sample(train_samples, n, seed)
-    if warn is not None and len(picked) < MIN_RECOMMENDED:
-        warn(f"calibrating on {len(picked)} images (< {MIN_RECOMMENDED}): int8 ranges may be poor; "
+    selection: list = []
+    if n_select > 0:
+        selection = stratified_sample(train_samples, min(n_select, len(train_samples) // 2), seed + 1)
+    chosen = {s.path for s in selection}
+    rest = [s for s in train_samples if s.path not in chosen]
+    return stratified_sample(rest, n_calib, seed), selection
+
+
+def calibration_set(samples: list, height: int, width: int, resize: str, warn=None) -> CalibrationSet:
+    if warn is not None and len(samples) < MIN_RECOMMENDED:
+        warn(f"calibrating on {len(samples)} images (< {MIN_RECOMMENDED}): int8 ranges may be poor; "
              f"use --calib-images {DEFAULT_CALIB_IMAGES}")
-    return CalibrationSet(load_images(picked, height, width, resize))
+    return CalibrationSet(load_images(samples, height, width, resize))
+
+
+def selection_set(samples: list, height: int, width: int, resize: str) -> SelectionSet:
+    return SelectionSet(load_images(samples, height, width, resize), np.array([s.label for s in samples], np.int64),
+                        [s.path for s in samples])

@@ -35,7 +35,7 @@ def convert_fp32(keras_model, height: int, width: int, opset: int = 13):
             proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=opset)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgeclfError(f"ONNX conversion (tf2onnx, opset {opset}) failed: {first[:300]}") from None
+        raise EdgeclfError(f"ONNX conversion (tf2onnx, opset {opset}) failed: {first}") from exc
     return proto
 
 
@@ -55,7 +55,7 @@ def _serialize_checked(proto) -> bytes:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise EdgeclfError(f"the ONNX model does not pass onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+        raise EdgeclfError(f"the ONNX model does not pass onnx.checker: {str(exc).splitlines()[0]}") from exc
     return proto.SerializeToString()
 
 
@@ -107,7 +107,7 @@ def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
         except Exception as exc:  # pre-processing is an optimisation; quantize the plain graph then
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EdgeclfError(f"onnxruntime quant_pre_process failed ({first[:200]}); is sympy installed?") from None
+            raise EdgeclfError(f"onnxruntime quant_pre_process failed ({first}); is sympy installed?") from exc
         cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}[method]
         exclude = first_conv_names(onnx.load(str(pre))) if float_stem else []
@@ -117,7 +117,7 @@ def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str
                             calibrate_method=cal, nodes_to_exclude=exclude)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EdgeclfError(f"ONNX int8 quantization failed: {first[:300]}") from None
+            raise EdgeclfError(f"ONNX int8 quantization failed: {first}") from exc
         return onnx.load(str(q))
 
 

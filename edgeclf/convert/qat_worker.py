@@ -101,7 +101,7 @@ def main(spec_path: str) -> None:
     try:
         qmodel = tfmot.quantization.keras.quantize_model(model)
     except Exception as exc:
-        raise QatError(f"tfmot cannot quantize it ({str(exc).splitlines()[0][:200]})") from None
+        raise QatError(f"tfmot cannot quantize it ({str(exc).splitlines()[0]})") from exc
     calib = np.load(d / "calib.npy")
     init_ranges(qmodel, calib)
     qmodel.compile(K.optimizers.Adam(spec["lr"]), K.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
@@ -134,5 +134,5 @@ if __name__ == "__main__":
         print(f"QAT-ERROR: {exc}", flush=True)
         sys.exit(1)
     except Exception as exc:  # one line for the parent, whatever tfmot/tf_keras raised
-        print(f"QAT-ERROR: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", flush=True)
+        print(f"QAT-ERROR: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", flush=True)
         sys.exit(1)

@@ -48,7 +48,7 @@ def _read_labels(path: str | Path) -> list[str]:
     try:
         names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except OSError as exc:
-        raise EdgeclfError(f"{p}: cannot read labels ({exc.strerror or exc})") from None
+        raise EdgeclfError(f"{p}: cannot read labels ({exc.strerror or exc})") from exc
     if len(names) < 2:
         raise EdgeclfError(f"{p}: needs at least two class names, one per line")
     return names

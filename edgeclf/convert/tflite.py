@@ -48,9 +48,9 @@ def convert(keras_model, precision: str, calibration=None, io: str = "int8") -> 
         if "Flex" in text or "Select TensorFlow op" in text or "TF Select" in text:
             raise EdgeclfError(f"the model needs TensorFlow ops that TFLite has no built-in kernel for "
                                f"({', '.join(flex) or 'see the converter log'}); Flex ops do not run in the pip "
-                               f"runtimes, so this model cannot be exported to TFLite ({precision})") from None
+                               f"runtimes, so this model cannot be exported to TFLite ({precision})") from exc
         first = next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-        raise EdgeclfError(f"TFLite conversion ({precision}) failed: {first[:300]}") from None
+        raise EdgeclfError(f"TFLite conversion ({precision}) failed: {first}") from exc
     custom = flex_ops(data)
     if custom:
         raise EdgeclfError(f"the TFLite model would need non-built-in ops ({', '.join(custom)}); refusing to "

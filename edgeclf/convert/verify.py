@@ -67,15 +67,17 @@ def collapse_reason(pred: np.ndarray, labels: np.ndarray, num_classes: int, top1
 
 
 def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
-           reference_pred: np.ndarray | None, reference_top1: float | None, engine: str = "") -> Verification:
+           reference_pred: np.ndarray | None, engine: str = "") -> Verification:
+    """Top-1, agreement and drop against the float reference's predictions, and the collapse check."""
+    from edgeclf import metrics
+
     pred = probs.argmax(axis=1)
-    top1 = float((pred == labels).mean())
-    agreement = float((pred == reference_pred).mean()) if reference_pred is not None else None
-    drop = round((reference_top1 - top1) * 100, 2) if reference_top1 is not None else None
+    cmp = metrics.compare(pred, labels, reference_pred)
+    reference_top1 = metrics.top1(reference_pred, labels) if reference_pred is not None else None
     counts = np.bincount(pred, minlength=len(classes))
     ref_share = predicted_share(reference_pred, len(classes)) if reference_pred is not None else None
-    reason = collapse_reason(pred, labels, len(classes), top1, reference_top1, classes, ref_share)
-    return Verification(name, top1, agreement, drop, float(counts.max() / max(1, len(pred))),
+    reason = collapse_reason(pred, labels, len(classes), cmp.top1, reference_top1, classes, ref_share)
+    return Verification(name, cmp.top1, cmp.agreement, cmp.drop_pt, float(counts.max() / max(1, len(pred))),
                         int(counts.argmax()), reason, engine)
 
 
@@ -84,10 +86,11 @@ def advice(fmt_name: str, precision: str, qat: bool = False) -> str:
     if qat and fmt_name == "tflite-int8":
         return "more --qat-epochs, or drop --qat (post-training int8), or fp16 (tflite-fp16)"
     if fmt_name == "onnx-int8":
-        return ("more --calib-images, --onnx-calibrate percentile, --onnx-full-range or --onnx-reduce-range, "
-                "or ship onnx-fp32 / the TFLite int8 model (per-channel weights are the default)")
+        return ("--qat for the TFLite int8 model, more --calib-images or --selection-images, or ship onnx-fp32 "
+                "(every ONNX Runtime recipe, float fallback and 16-bit activations were tried)")
     if precision == "int8":
-        return "more --calib-images, fp16 (tflite-fp16) instead, or --qat (quantization-aware training)"
+        return ("--qat (quantization-aware training), more --calib-images or --selection-images, or fp16 "
+                "(tflite-fp16) instead")
     if precision == "dynamic":
         return "fp16 (tflite-fp16) instead, or full int8 with --int8"
     return "check that the model exported is the one trained (fp32 should not lose accuracy)"

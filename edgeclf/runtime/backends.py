@@ -194,7 +194,7 @@ class LiteRTBackend(Backend):
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"{self.model.path}: LiteRT cannot load it ({first})") from None
+            raise ModelLoadError(f"{self.model.path}: LiteRT cannot load it ({first})") from exc
         inputs, outputs = self._it.get_input_details(), self._it.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelLoadError(f"{self.model.path}: expected one input and one output, "
@@ -250,9 +250,9 @@ class OnnxRuntimeBackend(Backend):
     def _load(self) -> None:
         try:
             import onnxruntime as ort
-        except ImportError:
+        except ImportError as exc:
             raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime "
-                                     "(onnxruntime-gpu on a Jetson), or use --backend opencv") from None
+                                     "(onnxruntime-gpu on a Jetson), or use --backend opencv") from exc
         if self.provider not in PROVIDERS:
             raise BackendUnavailable(f"unknown provider {self.provider!r}; expected one of {', '.join(PROVIDERS)}")
         wanted = PROVIDERS[self.provider]
@@ -269,7 +269,7 @@ class OnnxRuntimeBackend(Backend):
                                               providers=[p for p in wanted if p in have])
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"{self.model.path}: ONNX Runtime cannot load it ({first[:300]})") from None
+            raise ModelLoadError(f"{self.model.path}: ONNX Runtime cannot load it ({first})") from exc
         self.engine = f"onnxruntime {ort.__version__} {self._sess.get_providers()[0]}"
         inputs, outputs = self._sess.get_inputs(), self._sess.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -329,7 +329,7 @@ class OpenCVDnnBackend(Backend):
         except cv2.error as exc:
             lines = [ln for ln in str(exc).splitlines() if ln.strip()]
             raise ModelLoadError(f"{self.model.path}: OpenCV DNN cannot load it "
-                                 f"({(lines[-1] if lines else 'cv2.error').strip()[:300]})") from None
+                                 f"({(lines[-1] if lines else 'cv2.error').strip()})") from exc
         if self._net.empty():
             raise ModelLoadError(f"{self.model.path}: OpenCV DNN loaded an empty network")
         self.engine = f"opencv-dnn {cv2.__version__}"
@@ -345,7 +345,7 @@ class OpenCVDnnBackend(Backend):
         except cv2.error as exc:
             lines = [ln for ln in str(exc).splitlines() if ln.strip()]
             raise ModelLoadError(f"{self.model.path}: OpenCV DNN cannot run it "
-                                 f"({(lines[-1] if lines else 'cv2.error').strip()[:300]})") from None
+                                 f"({(lines[-1] if lines else 'cv2.error').strip()})") from exc
         return dequantize(np.asarray(out), self.output_spec).reshape(len(tensor), -1)
 
     def close(self) -> None:

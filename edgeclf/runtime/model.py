@@ -7,8 +7,11 @@ A lone file carries its own description (:data:`edgeclf.contract.METADATA_KEY`):
   in the zip appended to the .tflite (how TFLite metadata carries associated files), with the input
   size read from the model's input tensor.
 
-Both are read here with the standard library only (a few lines of protobuf / flatbuffer walking), so
-any backend -- LiteRT, tflite_runtime, ONNX Runtime or OpenCV DNN -- sees the same description.
+ONNX metadata is read by ONNX Runtime (``InferenceSession.get_modelmeta().custom_metadata_map``) when
+it is installed. A device may run ONNX models through OpenCV DNN alone, with neither onnxruntime nor the
+onnx package: only there a few lines of protobuf walking read ``metadata_props``. TFLite metadata is read
+by walking the flatbuffer with the standard library: neither ai-edge-litert's interpreter nor
+tflite_runtime exposes model metadata, and the generated schema module is not part of tflite_runtime.
 """
 from __future__ import annotations
 
@@ -115,10 +118,12 @@ def _lone_file(path: Path, fmt: str) -> ModelRef:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     art = Artifact(file=path.name, format=fmt, precision="unknown", bytes=len(data))
     if fmt == "onnx":
         props = onnx_metadata_props(data, path)
+        if props is None:
+            props = onnx_metadata_props_without_onnxruntime(data, path)
         text = props.get(METADATA_KEY)
         if text is None:
             raise ContractError(f"{path}: no '{METADATA_KEY}' entry in its ONNX metadata_props, so its labels and "
@@ -141,7 +146,7 @@ def _bundle_from_json(text: str, path: Path, art: Artifact) -> Bundle:
     try:
         d = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ContractError(f"{path}: its embedded '{METADATA_KEY}' metadata is not JSON ({exc})") from None
+        raise ContractError(f"{path}: its embedded '{METADATA_KEY}' metadata is not JSON ({exc})") from exc
     if isinstance(d, dict) and d.get("precision"):
         art.precision = str(d["precision"])
     if not isinstance(d, dict):
@@ -189,8 +194,24 @@ def _fields(buf: bytes):
         yield number, wire, value
 
 
-def onnx_metadata_props(data: bytes, path: Path | str = "<onnx>") -> dict[str, str]:
-    """``metadata_props`` of an ONNX model (field 14 of ModelProto), without the onnx package."""
+def onnx_metadata_props(data: bytes, path: Path | str = "<onnx>") -> dict[str, str] | None:
+    """``metadata_props`` of an ONNX model as ONNX Runtime reads them; None when onnxruntime is missing."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only the metadata is wanted
+    try:
+        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({str(exc).strip().splitlines()[0]})") from exc
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def onnx_metadata_props_without_onnxruntime(data: bytes, path: Path | str = "<onnx>") -> dict[str, str]:
+    """``metadata_props`` (field 14 of ModelProto) with the standard library, for OpenCV-only devices."""
     props: dict[str, str] = {}
     has_graph = False
     try:
@@ -200,8 +221,8 @@ def onnx_metadata_props(data: bytes, path: Path | str = "<onnx>") -> dict[str, s
             if number == 14 and wire == 2:
                 entry = {n: v for n, w, v in _fields(value) if w == 2}
                 props[entry.get(1, b"").decode("utf-8", "replace")] = entry.get(2, b"").decode("utf-8", "replace")
-    except (ValueError, IndexError):
-        raise ModelLoadError(f"{path}: not a valid ONNX model (corrupt or truncated)") from None
+    except (ValueError, IndexError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model (corrupt or truncated)") from exc
     if not has_graph:
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph)")
     return props
@@ -261,8 +282,8 @@ def _tflite_root(data: bytes, path) -> _Table:
         raise ModelLoadError(f"{path}: not a TFLite model (corrupt, truncated, or another format)")
     try:
         return _Table(data, struct.unpack_from("<I", data, 0)[0])
-    except struct.error:
-        raise ModelLoadError(f"{path}: not a valid TFLite model (corrupt or truncated)") from None
+    except struct.error as exc:
+        raise ModelLoadError(f"{path}: not a valid TFLite model (corrupt or truncated)") from exc
 
 
 def tflite_metadata(data: bytes, path: Path | str = "<tflite>") -> dict[str, bytes]:
@@ -284,8 +305,8 @@ def tflite_metadata(data: bytes, path: Path | str = "<tflite>") -> dict[str, byt
                 if offset > 1 and size:
                     out[name] = bytes(data[offset:offset + size])
         return out
-    except (struct.error, IndexError):
-        raise ModelLoadError(f"{path}: not a valid TFLite model (corrupt or truncated)") from None
+    except (struct.error, IndexError) as exc:
+        raise ModelLoadError(f"{path}: not a valid TFLite model (corrupt or truncated)") from exc
 
 
 def tflite_input_hw(data: bytes, path: Path | str = "<tflite>") -> tuple[int, int]:
@@ -298,8 +319,8 @@ def tflite_input_hw(data: bytes, path: Path | str = "<tflite>") -> tuple[int, in
         tensor = graph.tables(0)[first]
         s, k = tensor.vector(0)  # shape: [int]
         shape = struct.unpack_from(f"<{k}i", data, s)
-    except (struct.error, IndexError):
-        raise ModelLoadError(f"{path}: not a valid TFLite model (corrupt or truncated)") from None
+    except (struct.error, IndexError) as exc:
+        raise ModelLoadError(f"{path}: not a valid TFLite model (corrupt or truncated)") from exc
     if len(shape) != 4:
         raise ContractError(f"{path}: input shape {list(shape)} is not an NHWC image")
     return int(shape[1]), int(shape[2])

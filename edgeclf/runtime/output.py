@@ -74,7 +74,7 @@ class PredictionWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "w", encoding="utf-8", newline="")
         except OSError as exc:
-            raise OutputError(f"--output {self.path}: cannot write ({exc.strerror or exc})") from None
+            raise OutputError(f"--output {self.path}: cannot write ({exc.strerror or exc})") from exc
         self._csv = csv.writer(self._fh) if self.kind == "csv" else None
         if self._csv:
             self._csv.writerow(csv_header(top_k))
@@ -198,7 +198,7 @@ class VideoSaver:
             try:
                 tmp = self._tmp = self._stack.enter_context(fsutil.atomic_path(self.path))
             except OSError as exc:
-                raise OutputError(f"--save {self.path}: cannot write ({exc.strerror or exc})") from None
+                raise OutputError(f"--save {self.path}: cannot write ({exc.strerror or exc})") from exc
             fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov")
                                               else "MJPG"))
             self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, self._size)

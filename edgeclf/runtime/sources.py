@@ -214,7 +214,7 @@ class FileSource(_OrderedSource):
             rgb = load_rgb(path)
         except ImageDecodeError as exc:
             if self.strict:
-                raise SourceError(str(exc)) from None
+                raise SourceError(str(exc)) from exc
             return Skip(str(path), str(exc))
         model_input, image = self.prep.from_rgb(rgb)
         return self.prep.frame(str(path), index, model_input, image, t)
@@ -395,9 +395,9 @@ class PiCameraCapture:
     def __init__(self, index: int = 0, size: tuple[int, int] = (640, 480)):
         try:
             from picamera2 import Picamera2
-        except ImportError:
+        except ImportError as exc:
             raise SourceError("picamera2 is not installed (on Raspberry Pi OS: sudo apt install python3-picamera2, "
-                              "and create the venv with --system-site-packages)") from None
+                              "and create the venv with --system-site-packages)") from exc
         self._cam = Picamera2(index)
         self._cam.configure(self._cam.create_video_configuration(main={"size": size, "format": "RGB888"}))
         self._cam.start()
