@@ -57,12 +57,18 @@ class Recipe:
     per_channel: bool = True
     activation_bits: int = 8  # 16: int16 activations with int8 weights
     float_layers: tuple[str, ...] = ()  # layers (TFLite tensors / ONNX nodes) kept in float
+    activation_type: str = "int8"  # int8 | uint8 | int16 | uint16 (ONNX Runtime's U8S8 is uint8 activations)
+
+    def format_label(self) -> str:
+        """``QDQ U8S8``: the ONNX operator format with activation and weight signedness."""
+        act = {"uint8": "U8", "int8": "S8", "uint16": "U16", "int16": "S16"}.get(self.activation_type, "?")
+        return f"{self.quant_format} {act}S8" if self.quant_format else act
 
     def label(self) -> str:
-        """One line for tables: ``QOperator minmax/300 w8 per-channel a8, 2 float``."""
+        """One line for tables: ``QDQ U8S8 minmax/300 w8 per-channel a8, 2 float``."""
         if self.quantizer == "tfmot-qat":
             return f"QAT, a{self.activation_bits}"
-        parts = [self.quant_format] if self.quant_format else []
+        parts = [self.format_label()] if self.quant_format else []
         parts += [f"{self.calibration}/{self.calibration_images}", f"w{self.weight_bits}",
                   "per-channel" if self.per_channel else "per-tensor", f"a{self.activation_bits}"]
         text = " ".join(parts)

@@ -56,3 +56,35 @@ if __name__ == "__main__":
     import sys
 
     print(build_run(Path(sys.argv[1])))
+
+
+PLANTED_PRODUCER, PLANTED_CONSUMER = "block_16_project", "Conv_1"
+
+
+def plant_outlier(run_dir: Path, out_dir: Path, factor: float = 500.0, channel: int = 0) -> Path:
+    """A copy of a MobileNetV2 run whose float model is unchanged but whose int8 model is ruined.
+
+    One channel of ``block_16_project_BN`` (the last linear bottleneck, consumed by ``Conv_1`` alone) is
+    multiplied by ``factor`` and ``Conv_1``'s weights for that input channel divided by it: the same
+    function in float, but an activation range ``factor`` times wider, so per-tensor int8 keeps almost
+    nothing of the other channels. Keeping that tensor in float (its producer ``block_16_project`` and
+    its consumer ``Conv_1``) is the fix the search must find.
+    """
+    import shutil
+
+    import keras
+
+    out_dir = Path(out_dir)
+    shutil.copytree(run_dir, out_dir, ignore=shutil.ignore_patterns("export*"))
+    model = keras.saving.load_model(out_dir / "weights" / "best.keras", compile=False)
+    bn = model.get_layer(f"{PLANTED_PRODUCER}_BN")
+    gamma, beta, mean, var = [w.copy() for w in bn.get_weights()]
+    gamma[channel] *= factor
+    beta[channel] *= factor
+    bn.set_weights([gamma, beta, mean, var])
+    conv = model.get_layer(PLANTED_CONSUMER)
+    weights = [w.copy() for w in conv.get_weights()]
+    weights[0][:, :, channel, :] /= factor
+    conv.set_weights(weights)
+    model.save(out_dir / "weights" / "best.keras")
+    return out_dir

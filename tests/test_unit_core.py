@@ -58,14 +58,14 @@ def test_compare_top1_agreement_and_drop():
 # --- the contract ------------------------------------------------------------------------------------------
 
 def test_recipe_and_search_survive_the_json_round_trip():
-    recipe = Recipe("onnxruntime", "QOperator", "percentile", 300, 7, True, 8, ("Conv_0", "Gemm_3"))
+    recipe = Recipe("onnxruntime", "QOperator", "percentile", 300, 7, True, 8, ("Conv_0", "Gemm_3"), "uint8")
     art = Artifact("model_int8.onnx", "onnx", "int8", 10, "ab", TensorSpec("float32"), TensorSpec("float32"), 0.9,
                    {"drop_pt": 0.2}, recipe, [{"label": recipe.label(), "selection_drop_pt": 0.1}])
     bundle = Bundle(["ants", "bees"], InputSpec(96, 96), [art])
     back = bundle_from_dict(json.loads(json.dumps(bundle.to_dict())))
     assert back.artifacts[0].recipe == recipe
     assert back.artifacts[0].search == art.search
-    assert recipe.label() == "QOperator percentile/300 w7 per-channel a8, 2 float"
+    assert recipe.label() == "QOperator U8S8 percentile/300 w7 per-channel a8, 2 float"
     assert Recipe("tflite-converter", None, "minmax", 64).label() == "minmax/64 w8 per-channel a8"
     old = bundle.to_dict()
     del old["artifacts"][0]["recipe"], old["artifacts"][0]["search"]  # written by an older edgeclf

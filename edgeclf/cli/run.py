@@ -73,6 +73,8 @@ def _run(model, source, backend, artifact, threads, mode, provider, top_k, thres
     chosen = "chosen with --artifact" if artifact else ("picked" if others else "")
     click.echo(f"model: {ref.path} ({ref.name}{top1}{', ' + chosen if chosen else ''}"
                f"{'; also here: ' + ', '.join(others) if others else ''})", err=True)
+    if ref.artifact.recipe is not None:  # how export quantized it (edgeclf.json)
+        click.echo(f"quantized: {ref.artifact.recipe.label()}", err=True)
     click.echo(f"backend: {be.name}, {be.describe()}; input {be.width}x{be.height} {be.input_spec.dtype}; "
                f"{len(ref.classes)} classes ({', '.join(ref.classes[:6])}{', ...' if len(ref.classes) > 6 else ''})",
                err=True)

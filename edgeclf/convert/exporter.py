@@ -22,7 +22,7 @@ from edgeclf import fsutil, metrics
 from edgeclf.config import ExportOptions
 from edgeclf.contract import CONTRACT_FILE, Artifact, Bundle, InputSpec
 from edgeclf.convert.calibration import (CalibrationSet, SelectionSet, calibration_set, load_images, selection_set,
-                                         split_training)
+                                         split_training, stratified_sample)
 from edgeclf.convert.formats import ExportFormat, select_formats
 from edgeclf.convert.source import ExportSource, resolve_source
 from edgeclf.errors import EdgeclfError
@@ -132,8 +132,20 @@ class ExportJob:
             self._calib = calibration_set(self._training_split()[0], inp.height, inp.width, inp.resize, warn=self.warn)
         return self._calib
 
-    def calibration_paths(self) -> list[str]:
-        return [s.path for s in self._training_split()[0]]
+    def larger_calibration(self, growth: int) -> CalibrationSet | None:
+        """``growth`` times more calibration images (training split minus selection), or None if there are none."""
+        if self.options.calibration is not None:
+            return None
+        calib, selection = self._training_split()
+        chosen = {s.path for s in selection}
+        pool = [s for s in self.source.train if s.path not in chosen]
+        n = min(len(pool), growth * len(calib))
+        if n <= len(calib):
+            return None
+        key = f"calibration-{n}"
+        inp = self.bundle.input
+        return self.cached(key, lambda: calibration_set(stratified_sample(pool, n, self.options.seed), inp.height,
+                                                        inp.width, inp.resize))
 
     def selection(self) -> SelectionSet:
         """Labelled training images, disjoint from calibration and validation: the search's judge."""
@@ -152,22 +164,39 @@ class ExportJob:
 
         return self.cached("tflite-fp32-bytes", lambda: tflite.convert(self._keras, "fp32"))
 
-    def reference_on_selection(self) -> np.ndarray:
-        """The float reference's predictions on the selection images (through the runtime)."""
+    def selection_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The float reference's probabilities on the selection images, and which of them are stable
+        (their float top-1 survives +-2 levels of pixel noise; see :mod:`edgeclf.convert.search`)."""
         def make():
-            from edgeclf.convert import verify
+            from edgeclf.convert import search
+            from edgeclf.runtime.backends import open_backend
+            from edgeclf.runtime.model import ModelRef
 
-            sel = self.selection()
+            images = self.selection().images
             art = Artifact(file=".reference_fp32.tflite", format="tflite", precision="fp32")
             path = self.out_dir / art.file
             fsutil.write_bytes(path, self.float_tflite())
+            backend = open_backend(ModelRef(path, self.bundle, art, "export"), threads=self.options.threads)
             try:
-                from edgeclf.runtime.model import ModelRef
+                def predict(x):
+                    return np.concatenate([backend.predict(x[k:k + 32]) for k in range(0, len(x), 32)])
 
-                probs, _ = verify.predict(ModelRef(path, self.bundle, art, "export"), sel.images, self.options.threads)
+                probs = predict(images)
+                pred = probs.argmax(axis=1)
+                rng = np.random.default_rng(self.options.seed)
+                stable = np.ones(len(pred), bool)
+                for _ in range(search.UNSTABLE_DRAWS):
+                    noise = rng.integers(-search.UNSTABLE_NOISE, search.UNSTABLE_NOISE + 1, images.shape)
+                    noisy = np.clip(images.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+                    stable &= predict(noisy).argmax(axis=1) == pred
             finally:
+                backend.close()
                 path.unlink(missing_ok=True)
-            return probs.argmax(axis=1)
+            if not stable.all():
+                log.info("  %d of %d selection images left out of the judgement: the float model's own top-1 "
+                         "flips under +-%d levels of pixel noise", int((~stable).sum()), len(stable),
+                         search.UNSTABLE_NOISE)
+            return probs, stable
 
         return self.cached("reference-selection", make)
 
@@ -176,9 +205,9 @@ class ExportJob:
         from edgeclf.convert.search import Judge
 
         sel = self.selection()
+        probs, stable = self.selection_reference()
         return Judge(self.bundle, Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision), sel.images,
-                     sel.labels, self.reference_on_selection(), self.options.max_drop, self.out_dir,
-                     self.options.threads)
+                     sel.labels, probs, self.options.max_drop, self.out_dir, self.options.threads, stable)
 
     def write_model(self, file: str, data: bytes) -> Path:
         return fsutil.write_bytes(self.out_dir / file, data)

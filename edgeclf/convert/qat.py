@@ -23,7 +23,11 @@ import numpy as np
 
 from edgeclf.convert.calibration import load_images
 from edgeclf.errors import EdgeclfError
+from edgeclf.log import get_logger
+from edgeclf.models.build import head_spec
 from edgeclf.models.registry import BACKBONES
+
+log = get_logger(__name__)
 
 QAT_LR = 1e-5
 QAT_BATCH = 16
@@ -33,43 +37,39 @@ def _backbone_name(job) -> str:
     name = job.source.backbone
     if name is None:  # a bare .keras: build_classifier names the model edgeclf_<backbone>
         name = job.keras_model().name.removeprefix("edgeclf_")
-    if name not in BACKBONES or BACKBONES[name].constructor is None:
+    if name not in BACKBONES:
         raise EdgeclfError(f"--qat cannot run with model {name!r}: it rebuilds a registry backbone in tf_keras "
-                           f"(one of {', '.join(n for n, b in BACKBONES.items() if b.constructor)})")
+                           f"(one of {', '.join(BACKBONES)})")
     return name
 
 
-def qat_tflite(job, console) -> bytes:
+def qat_tflite(job) -> bytes:
     """Fine-tune with fake quantization in a tf_keras subprocess; return the int8 TFLite bytes."""
     model = job.keras_model()
     name = _backbone_name(job)
     backbone = BACKBONES[name]
     h, w = job.bundle.input.height, job.bundle.input.width
     calib = job.calibration()
-    head_units = 0
-    try:
-        head_units = int(model.get_layer("head_dense").units)
-    except ValueError:
-        pass
+    head = head_spec(model)
     with tempfile.TemporaryDirectory(prefix=".qat-", dir=job.out_dir) as tmp:
         tmp = Path(tmp)
         weights = {f"{layer.name}::{i}": np.asarray(v) for layer in model.layers
                    for i, v in enumerate(layer.get_weights())}
         np.savez(tmp / "weights.npz", **weights)
         np.save(tmp / "calib.npy", calib.images)
-        console.print(f"QAT: loading {len(job.source.train)} training images")
+        log.info(f"QAT: loading {len(job.source.train)} training images")
         np.save(tmp / "train_x.npy", load_images(job.source.train, h, w, job.bundle.input.resize))
         np.save(tmp / "train_y.npy", np.array([s.label for s in job.source.train], dtype=np.int64))
         probe = calib.images[:8].astype(np.float32)
         np.save(tmp / "probe_x.npy", probe)
         np.save(tmp / "probe_p.npy", np.asarray(model.predict(probe, verbose=0)))
-        spec = {"constructor": backbone.constructor, "alpha": backbone.alpha, "preprocess": backbone.preprocess,
-                "imgsz": h, "num_classes": len(job.bundle.classes), "head_units": head_units,
+        spec = {"preprocess": backbone.preprocess, "imgsz": h, "num_classes": len(job.bundle.classes),
+                "head_units": head.units, "dropout": head.dropout,
                 "epochs": job.options.qat_epochs, "lr": QAT_LR, "batch": QAT_BATCH, "io": job.options.io,
                 "dir": str(tmp), "backbone": name}
         (tmp / "spec.json").write_text(json.dumps(spec))
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-        console.print(f"QAT: fine-tuning {name} for {job.options.qat_epochs} epoch(s) under tf_keras "
+        log.info(f"QAT: fine-tuning {name} for {job.options.qat_epochs} epoch(s) under tf_keras "
                       f"(a separate process; slow on a CPU)")
         proc = subprocess.run([sys.executable, "-m", "edgeclf.convert.qat_worker", str(tmp / "spec.json")],
                               env=env, capture_output=True, text=True)
@@ -82,7 +82,7 @@ def qat_tflite(job, console) -> bytes:
         info = json.loads(result.read_text())
         acc = info["train_accuracy"]
         trained = f"train accuracy {acc:.1%}" if acc == acc else "ranges only, no fine-tuning"  # NaN: 0 epochs
-        console.print(f"QAT: done in {info['seconds']:.0f}s ({trained}, "
+        log.info(f"QAT: done in {info['seconds']:.0f}s ({trained}, "
                       f"tf_keras rebuild max |dp| {info['rebuild_max_abs_diff']:.1e})")
         job.qat_info = info
         return (tmp / "model_int8.tflite").read_bytes()

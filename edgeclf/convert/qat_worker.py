@@ -19,39 +19,21 @@ class QatError(Exception):
 
 
 def build_tf_keras(spec: dict, weights: dict):
+    """The trained classifier rebuilt in tf_keras by the same builder training used (models/build.py),
+    with a quantizable preprocessing layer, and the trained weights set layer by layer."""
     import tf_keras as K
 
-    size = spec["imgsz"]
-    inputs = K.Input((size, size, 3), name="image")
-    if spec["preprocess"] in ("tf", "unit"):
-        # Rescaling as a frozen 1x1 depthwise conv: same arithmetic, a layer tfmot knows how to quantize.
-        scale, offset = (1 / 127.5, -1.0) if spec["preprocess"] == "tf" else (1 / 255.0, 0.0)
-        pre = K.layers.DepthwiseConv2D(1, use_bias=True, name="preprocess", trainable=False)
-        x = pre(inputs)
-        pre.set_weights([np.full((1, 1, 3, 1), scale, np.float32), np.full((3,), offset, np.float32)])
-    elif spec["preprocess"] == "caffe":
-        pre = K.layers.Conv2D(3, 1, name="preprocess", trainable=False)
-        x = pre(inputs)
-    elif spec["preprocess"] == "none":
-        x = inputs
-    else:
-        raise QatError(f"preprocessing {spec['preprocess']!r} is not supported")
-    ctor = getattr(K.applications, spec["constructor"])
-    kwargs = {"alpha": spec["alpha"]} if spec["alpha"] is not None else {}
-    base = ctor(include_top=False, weights=None, input_tensor=x, **kwargs)
-    x = K.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
-    x = K.layers.Dropout(0.2, name="head_dropout")(x)
-    if spec["head_units"]:
-        x = K.layers.Dense(spec["head_units"], activation="relu", name="head_dense")(x)
-        x = K.layers.Dropout(0.2, name="head_dropout2")(x)
-    out = K.layers.Dense(spec["num_classes"], activation="softmax", name="head_logits")(x)
-    model = K.Model(inputs, out)
+    from edgeclf.models.build import HeadSpec, build_classifier
+
+    model = build_classifier(spec["backbone"], spec["imgsz"], spec["num_classes"], weights="none",
+                             head=HeadSpec(spec["head_units"], spec["dropout"]), K=K, quantizable=True)
     by_layer: dict[str, list] = {}
     for key in weights:
         name, i = key.rsplit("::", 1)
         by_layer.setdefault(name, []).append((int(i), weights[key]))
+    replaced = spec["preprocess"] in ("tf", "unit")  # Rescaling became a depthwise conv with its own weights
     for layer in model.layers:
-        if layer.name in by_layer and not (layer.name == "preprocess" and spec["preprocess"] != "caffe"):
+        if layer.name in by_layer and not (layer.name == "preprocess" and replaced):
             layer.set_weights([w for _, w in sorted(by_layer[layer.name], key=lambda t: t[0])])
         if isinstance(layer, K.layers.BatchNormalization):
             layer.trainable = False  # keep the trained statistics; small QAT batches would ruin them

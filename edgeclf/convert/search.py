@@ -12,6 +12,16 @@ The first candidate within budget wins; among candidates of the same expected sp
 measured, the smaller wins. When none is within budget the most accurate is kept and export warns.
 Every candidate tried is recorded (``Trial``) in ``edgeclf.json``.
 
+Selection images on which the float model itself is unstable -- its top-1 class changes when the
+pixels move by +-2 levels -- are left out of the judgement: whatever any quantized model predicts for
+them is a coin flip (their flips go either way, so leaving them out removes noise, not bias), and on a
+small data set one such image is more than the whole budget (hymenoptera: 1 of 122 images = 0.82 pt).
+
+Which layers to keep in float is decided as OpenVINO NNCF's accuracy-aware quantization does it: each
+group (an activation tensor with the node that produces it and the nodes that consume it, so the whole
+tensor stays float) is reverted alone, and scored on the selection images where the quantized model
+differs most from float; groups are then kept in float in that order, 1, 2, 4, 8 at a time.
+
 The approach follows OpenVINO NNCF's accuracy-aware quantization (rank quantized layers by how much
 they alone hurt, revert the worst to float, re-validate, stop at the budget) and Intel Neural
 Compressor's tuning order (recipes, then op-wise fallback ranked by impact, then cumulative fallback).
@@ -36,8 +46,15 @@ log = get_logger(__name__)
 
 LATENCY_RUNS = 30  # batch-1 invokes timed per candidate (after LATENCY_WARMUP)
 LATENCY_WARMUP = 5
+UNSTABLE_NOISE = 2  # pixel levels: a float prediction that flips under this much noise is a coin flip
+UNSTABLE_DRAWS = 4
+RANKING_IMAGES = 100  # the selection images where int8 and float differ most: what groups are ranked on
+MAX_RANKED_GROUPS = 64  # more groups than this (big backbones): the 64 with the worst SQNR are ranked
+RERANKED_GROUPS = 24  # later rounds re-rank the best of the previous round's order
+FALLBACK_GROUPS = 8  # at most this many groups are kept in float
+FALLBACK_ROUNDS = 3  # rank, revert the helpful ones (1, 2, 4 ... at a time), re-rank the rest
 
-CHOSEN, OVER, FAILED, COLLAPSED, SKIPPED = "chosen", "over budget", "failed", "collapsed", "not needed"
+CHOSEN, WITHIN, OVER, FAILED, COLLAPSED = "chosen", "within budget", "over budget", "failed", "collapsed"
 
 
 @dataclass
@@ -95,11 +112,22 @@ class Judge:
     artifact: Artifact  # format and precision of what is searched for (file name, IO filled per candidate)
     images: np.ndarray  # selection images, uint8 NHWC
     labels: np.ndarray
-    reference_pred: np.ndarray  # the float model's predictions on them
+    reference_probs: np.ndarray  # the float model's probabilities on them
     budget_pt: float
     work_dir: Path
     threads: int | None = None
+    stable: np.ndarray | None = None  # images the drop is judged on (see the module docstring); None: all
     measured: dict[Recipe, tuple[Trial, bytes | None]] = field(default_factory=dict)
+    probs_of: dict[Recipe, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stable is None:
+            self.stable = np.ones(len(self.labels), bool)
+        self.reference_pred = self.reference_probs.argmax(axis=1)
+
+    @property
+    def judged(self) -> int:
+        return int(self.stable.sum())
 
     def measure(self, candidate: Candidate) -> tuple[Trial, bytes | None]:
         """Build and measure ``candidate`` (once: a recipe measured before is not built again)."""
@@ -111,23 +139,26 @@ class Judge:
         try:
             data = candidate.build()
             trial.bytes = len(data)
-            probs, trial.p50_ms = self._run(data)
+            probs, trial.p50_ms = self._run(data, self.images, latency=True)
         except EdgeclfError as exc:
             trial.outcome, trial.note = FAILED, _first_line(exc)
             trial.seconds = time.perf_counter() - t0
             log.debug("search: %s failed: %s", trial.label, trial.note)
             self.measured[candidate.recipe] = (trial, None)
             return trial, None
+        self.probs_of[candidate.recipe] = probs
         pred = probs.argmax(axis=1)
-        cmp = metrics.compare(pred, self.labels, self.reference_pred)
+        keep = self.stable
+        cmp = metrics.compare(pred[keep], self.labels[keep], self.reference_pred[keep])
         trial.selection_top1, trial.selection_drop_pt, trial.selection_agreement = cmp.top1, cmp.drop_pt, cmp.agreement
-        reason = verify.collapse_reason(pred, self.labels, len(self.bundle.classes), cmp.top1,
+        reason = verify.collapse_reason(pred, self.labels, len(self.bundle.classes), metrics.top1(pred, self.labels),
                                         metrics.top1(self.reference_pred, self.labels), self.bundle.classes,
-                                        verify.predicted_share(self.reference_pred, len(self.bundle.classes)))
+                                        verify.predicted_share(self.reference_pred, len(self.bundle.classes)),
+                                        images="selection images")
         if reason:
             trial.outcome, trial.note, data = COLLAPSED, reason, None
         else:
-            trial.outcome = CHOSEN if self.within(trial) else OVER
+            trial.outcome = WITHIN if self.within(trial) else OVER
         trial.seconds = time.perf_counter() - t0
         log.info("  %-44s drop %+.2f pt, agreement %.1f%%, p50 %.2f ms, %.2f MB, %.0f s", trial.label,
                  trial.selection_drop_pt, 100 * trial.selection_agreement, trial.p50_ms, trial.bytes / 1e6,
@@ -138,7 +169,11 @@ class Judge:
     def within(self, trial: Trial) -> bool:
         return trial.selection_drop_pt is not None and trial.selection_drop_pt <= self.budget_pt + 1e-9
 
-    def _run(self, data: bytes) -> tuple[np.ndarray, float]:
+    def run(self, data: bytes, images: np.ndarray) -> np.ndarray:
+        """Probabilities of a candidate model on ``images`` (no timing): what group ranking uses."""
+        return self._run(data, images, latency=False)[0]
+
+    def _run(self, data: bytes, images: np.ndarray, latency: bool) -> tuple[np.ndarray, float | None]:
         from edgeclf.runtime.backends import open_backend
         from edgeclf.runtime.model import ModelRef
 
@@ -149,8 +184,10 @@ class Judge:
             art = Artifact(file=Path(fh.name).name, format=self.artifact.format, precision=self.artifact.precision)
             backend = open_backend(ModelRef(Path(fh.name), self.bundle, art, "search"), threads=self.threads)
             try:
-                probs = np.concatenate([backend.predict(self.images[k:k + 32]) for k in range(0, len(self.images), 32)])
-                tensor = backend.prepare(np.ascontiguousarray(self.images[:1]))
+                probs = np.concatenate([backend.predict(images[k:k + 32]) for k in range(0, len(images), 32)])
+                if not latency:
+                    return probs, None
+                tensor = backend.prepare(np.ascontiguousarray(images[:1]))
                 for _ in range(LATENCY_WARMUP):
                     backend.infer(tensor)
                 times = []
@@ -162,43 +199,122 @@ class Judge:
                 backend.close()
         return probs, float(np.median(times))
 
+    def best_measured(self, tiers: Iterable[int] | None = None) -> tuple[Trial, Recipe] | None:
+        """The most accurate candidate measured so far (optionally among ``tiers``)."""
+        found = [(t, r) for r, (t, d) in self.measured.items()  # collapsed ones too: fallback may repair them
+                 if r in self.probs_of and (tiers is None or t.tier in tiers)]
+        if not found:
+            return None
+        return min(found, key=lambda tr: (tr[0].selection_drop_pt, -tr[0].selection_agreement, tr[0].tier))
+
+    def ranking_images(self, recipe: Recipe) -> np.ndarray:
+        """Indices of the selection images where ``recipe``'s model differs most from float."""
+        err = np.abs(self.probs_of[recipe] - self.reference_probs).sum(axis=1)
+        return np.argsort(-err)[:RANKING_IMAGES]
+
+    def ranking_error(self, recipe: Recipe) -> float:
+        """Mean |dp| from float of ``recipe``'s model on its ranking images (what a helpful group beats)."""
+        worst = self.ranking_images(recipe)
+        return float(np.abs(self.probs_of[recipe][worst] - self.reference_probs[worst]).sum(axis=1).mean())
+
+    def rank_groups(self, groups: list[tuple[str, ...]], base: Recipe,
+                    build: Callable[[tuple[str, ...]], bytes]) -> list[tuple[float, tuple[str, ...]]]:
+        """NNCF's ranking: revert each group alone (``build(nodes)``) and score it on the images where
+        ``base`` differs most from float; returns (score, group), best first. The score is the mean
+        absolute difference of the probability vectors from float (lower: that group hurt more)."""
+        worst = self.ranking_images(base)
+        images, ref = self.images[worst], self.reference_probs[worst]
+        baseline = self.ranking_error(base)
+        scored = []
+        t0 = time.perf_counter()
+        for group in groups:
+            try:
+                p = self.run(build(group), images)
+            except EdgeclfError as exc:
+                log.debug("ranking: reverting %s failed: %s", group, _first_line(exc))
+                continue
+            scored.append((float(np.abs(p - ref).sum(axis=1).mean()), group))
+        scored.sort(key=lambda sg: sg[0])
+        log.info("  ranked %d groups by reverting each alone on the %d images furthest from float in %.0f s "
+                 "(mean |dp| %.4f quantized; best reverted %.4f)", len(scored), len(worst),
+                 time.perf_counter() - t0, baseline, scored[0][0] if scored else baseline)
+        return scored
+
+
+def fallback(judge: Judge, base: Recipe, groups: list[tuple[str, ...]], build: Callable[[tuple[str, ...]], bytes],
+             recipe_for: Callable[[list[tuple[str, ...]]], Recipe]) -> Iterator[Candidate]:
+    """Float-fallback candidates for ``base``, NNCF's way: rank ``groups`` (already in a prior order,
+    e.g. worst SQNR first) by reverting each alone, keep the helpful ones in float 1, 2, 4 ... at a
+    time, then re-rank the rest against the best so far (a group that only matters once another is
+    reverted -- the outlier behind a collapsed layer -- shows up then), for at most
+    ``FALLBACK_ROUNDS`` rounds and ``FALLBACK_GROUPS`` groups. ``build(nodes)`` quantizes with those
+    nodes in float; ``recipe_for(groups)`` is the recipe that records them."""
+    kept: list[tuple[str, ...]] = []
+    current = base
+    remaining = list(groups[:MAX_RANKED_GROUPS])
+
+    def nodes_of(gs):
+        return tuple(dict.fromkeys(node for g in gs for node in g))
+
+    for _ in range(FALLBACK_ROUNDS):
+        if len(kept) >= FALLBACK_GROUPS or not remaining or current not in judge.probs_of:
+            return
+        baseline = judge.ranking_error(current)
+        ranked = judge.rank_groups(remaining, current, lambda g: build(nodes_of(kept + [g])))
+        helpful = [g for score, g in ranked if score < baseline]
+        if not helpful:
+            return
+        last = None
+        for k in doubling(min(FALLBACK_GROUPS - len(kept), len(helpful))):
+            chosen = kept + helpful[:k]
+            recipe = recipe_for(chosen)
+            yield Candidate(recipe, lambda nodes=nodes_of(chosen): build(nodes), tier=len(chosen),
+                            note=f"{len(chosen)} group(s) in float")
+            last = (k, recipe)
+        kept += helpful[:last[0]]
+        current = last[1]
+        order = [g for _, g in ranked]
+        remaining = [g for g in order if g not in kept][:RERANKED_GROUPS]
+
 
 def run_search(judge: Judge, ladder: Iterable[Candidate]) -> SearchResult:
-    """Walk ``ladder`` until a candidate is within budget; see the module docstring."""
+    """Walk ``ladder`` until a candidate is within budget; see the module docstring.
+
+    The trace lists every candidate the judge measured, in the order measured (a ladder may measure
+    some ahead of judging them, e.g. to order formats by speed)."""
     t0 = time.perf_counter()
-    trials: list[Trial] = []
-    best: tuple[Trial, bytes] | None = None
     for candidate in ladder:
         trial, data = judge.measure(candidate)
-        if not any(t is trial for t in trials):
-            trials.append(trial)
-        if data is None:
+        if data is None or not judge.within(trial):
             continue
-        if best is None or _better(trial, best[0]):
-            best = (trial, data)
-        if judge.within(trial):
-            # a candidate of the same expected speed measured before and also within budget: the smaller
-            same_tier = [(t, d) for t, d in judge.measured.values()
-                         if d is not None and t.tier == trial.tier and judge.within(t)]
-            chosen, data = min(same_tier, key=lambda td: td[0].bytes)  # min keeps the first on a tie
-            return _finish(trials, chosen, data, True, t0)
-    if best is None:
-        return SearchResult(None, None, trials, False, None, time.perf_counter() - t0)
-    return _finish(trials, best[0], best[1], False, t0)
+        # a candidate of the same expected speed measured before and also within budget: the smaller
+        same_tier = [(t, d) for t, d in judge.measured.values()
+                     if d is not None and t.tier == trial.tier and judge.within(t)]
+        chosen, data = min(same_tier, key=lambda td: td[0].bytes)  # min keeps the first on a tie
+        return _finish(judge, chosen, data, True, t0)
+    usable = [(t, d) for t, d in judge.measured.values() if d is not None]
+    if not usable:
+        return SearchResult(None, None, [t for t, _ in judge.measured.values()], False, None, time.perf_counter() - t0)
+    best = usable[0]
+    for t, d in usable[1:]:
+        if _better(t, best[0]):
+            best = (t, d)
+    return _finish(judge, best[0], best[1], False, t0)
 
 
 def _better(a: Trial, b: Trial) -> bool:
-    """More accurate on selection (then: agrees more with float, then faster)."""
-    return (a.selection_drop_pt, -a.selection_agreement, a.p50_ms) < (b.selection_drop_pt, -b.selection_agreement,
-                                                                     b.p50_ms)
+    """More accurate on selection (then: agrees more with float, then expected faster)."""
+    return (a.selection_drop_pt, -a.selection_agreement, a.tier) < (b.selection_drop_pt, -b.selection_agreement,
+                                                                   b.tier)
 
 
-def _finish(trials: list[Trial], chosen: Trial, data: bytes, within: bool, t0: float) -> SearchResult:
+def _finish(judge: Judge, chosen: Trial, data: bytes, within: bool, t0: float) -> SearchResult:
+    trials = [t for t, _ in judge.measured.values()]
     for t in trials:
         if t is chosen:
             t.outcome = CHOSEN if within else "kept (best, over budget)"
-        elif t.outcome == CHOSEN:  # within budget but not taken (a smaller one of the same speed won)
-            t.outcome = "within budget, larger"
+        elif t.outcome == WITHIN:  # not taken: expected slower, or as fast but larger
+            t.outcome = "within budget, " + ("larger" if t.tier == chosen.tier else "slower")
     recipe = Recipe.from_dict(chosen.recipe)
     return SearchResult(data, recipe, trials, within, chosen, time.perf_counter() - t0)
 

@@ -47,7 +47,7 @@ def predicted_share(pred: np.ndarray, num_classes: int) -> float:
 
 def collapse_reason(pred: np.ndarray, labels: np.ndarray, num_classes: int, top1: float,
                     reference_top1: float | None, classes: list[str],
-                    reference_share: float | None = None) -> str | None:
+                    reference_share: float | None = None, images: str = "validation images") -> str | None:
     """Why these predictions look like a model the conversion broke, or None.
 
     Judged against the float reference: when the trained model itself predicts one class for nearly
@@ -58,7 +58,7 @@ def collapse_reason(pred: np.ndarray, labels: np.ndarray, num_classes: int, top1
     true_share = np.bincount(labels, minlength=num_classes).max() / max(1, len(labels))
     reference_ok = reference_share is None or reference_share < COLLAPSE_SHARE
     if share >= COLLAPSE_SHARE and true_share < COLLAPSE_TRUE_SHARE and reference_ok:
-        return f"predicts '{classes[int(counts.argmax())]}' for {share:.0%} of the validation images"
+        return f"predicts '{classes[int(counts.argmax())]}' for {share:.0%} of the {images}"
     chance = 1.0 / num_classes
     if reference_top1 is not None and reference_top1 - chance > 0.1:
         if top1 <= chance + CHANCE_MARGIN * (reference_top1 - chance):

@@ -81,17 +81,25 @@ class HeadSpec:
     dropout: float = 0.2
 
 
-def _preprocess(x, backbone: Backbone):
-    import keras
+def _preprocess(x, backbone: Backbone, K, quantizable: bool = False):
+    """0..255 RGB -> the backbone's input, as layers of the graph (so it travels into every export).
+
+    ``quantizable``: the affine rescaling as a frozen 1x1 depthwise convolution (same arithmetic) instead
+    of ``Rescaling``, which tensorflow-model-optimization's quantization-aware training refuses.
+    """
     import numpy as np
 
-    if backbone.preprocess == "tf":
-        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
-    if backbone.preprocess == "unit":
-        return keras.layers.Rescaling(1.0 / 255.0, name="preprocess")(x)
+    if backbone.preprocess in ("tf", "unit"):
+        scale, offset = (1.0 / 127.5, -1.0) if backbone.preprocess == "tf" else (1.0 / 255.0, 0.0)
+        if not quantizable:
+            return K.layers.Rescaling(scale, offset=offset, name="preprocess")(x)
+        layer = K.layers.DepthwiseConv2D(1, use_bias=True, name="preprocess", trainable=False)
+        y = layer(x)
+        layer.set_weights([np.full((1, 1, 3, 1), scale, np.float32), np.full((3,), offset, np.float32)])
+        return y
     if backbone.preprocess == "caffe":
         # RGB -> BGR and mean subtraction as a fixed 1x1 convolution: a standard op in every format.
-        conv = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        conv = K.layers.Conv2D(3, 1, name="preprocess", trainable=False)
         y = conv(x)
         kernel = np.zeros((1, 1, 3, 3), dtype="float32")
         for out_c, in_c in enumerate((2, 1, 0)):
@@ -103,29 +111,32 @@ def _preprocess(x, backbone: Backbone):
     raise ValueError(f"unknown preprocessing {backbone.preprocess!r}")
 
 
-def _simple_cnn(x):
-    import keras
-
+def _simple_cnn(x, K):
     for i, filters in enumerate((32, 64, 128, 256)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"cnn{i}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"cnn{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"cnn{i}_relu")(x)
-        x = keras.layers.MaxPooling2D(name=f"cnn{i}_pool")(x) if i < 3 else x
+        x = K.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"cnn{i}_conv")(x)
+        x = K.layers.BatchNormalization(name=f"cnn{i}_bn")(x)
+        x = K.layers.ReLU(name=f"cnn{i}_relu")(x)
+        x = K.layers.MaxPooling2D(name=f"cnn{i}_pool")(x) if i < 3 else x
     return x
 
 
 def build_classifier(model: str, size: int, num_classes: int, weights: str = "imagenet",
-                     head: HeadSpec = HeadSpec()):
-    """A Keras model taking RGB float 0..255 (size x size) and giving softmax probabilities."""
-    import keras
+                     head: HeadSpec = HeadSpec(), K=None, quantizable: bool = False):
+    """A Keras model taking RGB float 0..255 (size x size) and giving softmax probabilities.
+
+    ``K`` is the Keras module to build with (default ``keras``, Keras 3); quantization-aware training
+    passes ``tf_keras`` with ``quantizable=True`` to rebuild the very same classifier for tfmot.
+    """
+    if K is None:
+        import keras as K
 
     backbone = get_backbone(model)
     if size < backbone.min_size:
         raise ValueError(f"{model} needs an input of at least {backbone.min_size} px (got {size})")
-    inputs = keras.Input((size, size, 3), name="image")
-    x = _preprocess(inputs, backbone)
+    inputs = K.Input((size, size, 3), name="image")
+    x = _preprocess(inputs, backbone, K, quantizable)
     if backbone.constructor is None:
-        x = _simple_cnn(x)
+        x = _simple_cnn(x, K)
     else:
         if weights == "imagenet":
             w = resolve_weights(backbone, size)
@@ -135,17 +146,31 @@ def build_classifier(model: str, size: int, num_classes: int, weights: str = "im
             w = str(weights)
             if not Path(w).is_file():
                 raise WeightsNotFound(f"weights file {w} does not exist")
-        ctor = getattr(keras.applications, backbone.constructor)
+        ctor = getattr(K.applications, backbone.constructor)
         kwargs = {"alpha": backbone.alpha} if backbone.alpha is not None else {}
         base = ctor(include_top=False, weights=w, input_tensor=x, **kwargs)
         x = base.output
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    x = keras.layers.Dropout(head.dropout, name="head_dropout")(x)
+    x = K.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    x = K.layers.Dropout(head.dropout, name="head_dropout")(x)
     if head.units:
-        x = keras.layers.Dense(head.units, activation="relu", name="head_dense")(x)
-        x = keras.layers.Dropout(head.dropout, name="head_dropout2")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head_logits", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=f"edgeclf_{model}")
+        x = K.layers.Dense(head.units, activation="relu", name="head_dense")(x)
+        x = K.layers.Dropout(head.dropout, name="head_dropout2")(x)
+    outputs = K.layers.Dense(num_classes, activation="softmax", name="head_logits", dtype="float32")(x)
+    return K.Model(inputs, outputs, name=f"edgeclf_{model}")
+
+
+def head_spec(model) -> HeadSpec:
+    """The head a built classifier carries (hidden units, dropout rate), read from its layers."""
+    units = 0
+    try:
+        units = int(model.get_layer("head_dense").units)
+    except ValueError:
+        pass
+    try:
+        dropout = float(model.get_layer("head_dropout").rate)
+    except ValueError:
+        dropout = HeadSpec().dropout
+    return HeadSpec(units, dropout)
 
 
 def is_head(layer) -> bool:

@@ -1,0 +1,173 @@
+"""The int8 accuracy budget, measured: for each run, `edgeclf export --int8` with the search (default) and
+with `--search none` (the single recipe of earlier versions), one `edgeclf bench` over both exports and a
+uint8-vs-int8-input export, on the same machine, in one run. Writes benchmarks/results/quantization.md
+(and .json).
+
+    flock /tmp/edgeclf-cpu.lock python benchmarks/quantization.py RUN_DIR [RUN_DIR ...] [--work DIR]
+
+Each RUN_DIR is an `edgeclf train` run (e.g. the main job's flowers run, hymenoptera MobileNetV2 224 and
+MobileNetV2 0.35 at 96 px). Every step is the CLI a user runs, in a process of its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results"
+
+
+def edgeclf(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "edgeclf", *args], capture_output=True, text=True)
+    return proc, time.perf_counter() - t
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f" {f}" in flags]
+    from importlib.metadata import version
+
+    return {"cpu": cpu or platform.machine(), "cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
+            "versions": {p: version(p) for p in ("tensorflow", "ai-edge-litert", "onnxruntime", "onnx")}}
+
+
+def bench_rows(bench_dir: Path) -> list[dict]:
+    return json.loads((bench_dir / "bench.json").read_text())["rows"]
+
+
+def one_run(run: Path, work: Path) -> dict:
+    name = run.name
+    w = work / name
+    shutil.rmtree(w, ignore_errors=True)
+    w.mkdir(parents=True)
+    result: dict = {"run": str(run), "name": name}
+    report = json.loads((run / "report.json").read_text())
+    data = json.loads((run / "split.json").read_text())["root"]
+    result["keras_val_top1"] = report["top1"]
+    for tag, extra in (("none", ["--search", "none"]), ("search", []), ("io_int8", ["--formats", "tflite-int8",
+                                                                                     "--io", "int8"])):
+        proc, seconds = edgeclf("export", str(run), "--int8", "--out", str(w / tag), *extra)
+        result[f"export_{tag}"] = {"seconds": round(seconds, 1), "exit": proc.returncode,
+                                   "stdout": proc.stdout[-20000:], "stderr": proc.stderr[-4000:]}
+        print(f"{name}: export {tag} exit {proc.returncode} in {seconds:.0f} s", flush=True)
+        if proc.returncode not in (0, 3):
+            raise SystemExit(proc.stdout + proc.stderr)
+        result[f"bundle_{tag}"] = json.loads((w / tag / "edgeclf.json").read_text())
+    proc, seconds = edgeclf("bench", str(w / "search"), str(w / "none"), str(w / "io_int8"), "--data", data,
+                            "--out", str(w / "bench"), "--runs", "200", "--warmup", "20", "--log", "")
+    print(f"{name}: bench exit {proc.returncode} in {seconds:.0f} s", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout + proc.stderr)
+    result["bench"] = bench_rows(w / "bench")
+    result["bench_seconds"] = round(seconds, 1)
+    return result
+
+
+def _row(rows: list[dict], export_dir: str, fmt: str, backend: str) -> dict | None:
+    return next((r for r in rows if r["export_dir"].endswith(export_dir) and r["format"] == fmt
+                 and r["backend"] == backend), None)
+
+
+def markdown(results: list[dict], mach: dict, command: str) -> str:
+    lines = [
+        "# The int8 accuracy budget, measured",
+        "",
+        f"Measured by `benchmarks/quantization.py` on {time.strftime('%Y-%m-%d')} (`{command}`).",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, ISA {', '.join(mach['isa']) or '-'}; Python "
+        f"{mach['python']}; " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()) + ".",
+        "Latencies: `edgeclf bench`, batch 1, all cores, p50 of 200 runs after 20 warm-up, every model of a run "
+        "measured in the same bench (this machine is shared: read ratios within a run, not absolute times).",
+        "",
+        "Budget: `--max-drop 0.5` (the default): each int8 model within 0.5 pt of top-1 of the fp32 model. The search "
+        "judges candidates on selection images (training split, not calibration, not validation); the validation "
+        "column is what export then verifies, on images the search never saw.",
+        "",
+    ]
+    for r in results:
+        rows = r["bench"]
+        lines += [f"## {r['name']} ({r['bundle_search']['source'].get('backbone')} "
+                  f"{r['bundle_search']['input']['height']} px), Keras val top-1 {r['keras_val_top1']:.2%}", ""]
+        lines += ["| artifact | recipe chosen | selection drop | val drop | val top-1 | p50 | vs fp32 p50 | size |",
+                  "|---|---|---|---|---|---|---|---|"]
+        by = {a["file"]: a for a in r["bundle_search"]["artifacts"]}
+        for fmt, backend, fp32 in (("tflite-int8", "litert", "tflite-fp32"), ("onnx-int8", "onnxruntime", "onnx-fp32")):
+            a = next((x for x in by.values() if f"{x['format']}-{x['precision']}" == fmt), None)
+            q, f = _row(rows, "search", fmt, backend), _row(rows, "search", fp32, backend)
+            if a is None or q is None or f is None:
+                continue
+            chosen = next((t for t in a["search"] if t["outcome"] in ("chosen",) or t["outcome"].startswith("kept")), {})
+            lines.append(f"| {fmt} | {chosen.get('label', '-')} ({chosen.get('outcome', '-')}) | "
+                         f"{chosen.get('selection_drop_pt', 0):+.2f} | {a['extra']['drop_pt']:+.2f} | "
+                         f"{a['val_top1']:.2%} | {q['p50_ms']:.2f} ms | {q['p50_ms'] / f['p50_ms']:.2f}x "
+                         f"({f['p50_ms']:.2f} ms) | {a['bytes'] / 1e6:.2f} MB |")
+        none = {f"{x['format']}-{x['precision']}": x for x in r["bundle_none"]["artifacts"]}
+        lines += ["", "`--search none` (the earlier single recipe) on the same run, for comparison:", "",
+                  "| artifact | recipe | val drop | p50 |", "|---|---|---|---|"]
+        for fmt, backend in (("tflite-int8", "litert"), ("onnx-int8", "onnxruntime")):
+            a, q = none.get(fmt), _row(rows, "none", fmt, backend)
+            if a and q:
+                label = (a.get("recipe") or {}).get("quant_format") or "converter"
+                lines.append(f"| {fmt} | {label} | {a['extra']['drop_pt']:+.2f} | {q['p50_ms']:.2f} ms |")
+        t_none, t_search = r["export_none"]["seconds"], r["export_search"]["seconds"]
+        lines += ["", f"Export time: {t_search:.0f} s with the search, {t_none:.0f} s with `--search none` "
+                      f"({t_search / t_none:.2f}x).", ""]
+        u8 = _row(rows, "search", "tflite-int8", "litert")
+        i8 = _row(rows, "io_int8", "tflite-int8", "litert")
+        io_art = next(x for x in r["bundle_io_int8"]["artifacts"] if x["precision"] == "int8")
+        if u8 and i8:
+            lines += [f"uint8 input (default, camera pixels as they are) vs int8 input: val top-1 "
+                      f"{by['model_int8.tflite']['val_top1']:.2%} vs {io_art['val_top1']:.2%}, p50 {u8['p50_ms']:.2f} "
+                      f"vs {i8['p50_ms']:.2f} ms.", ""]
+        for fmt in ("tflite-int8", "onnx-int8"):
+            a = next((x for x in by.values() if f"{x['format']}-{x['precision']}" == fmt), None)
+            if not a:
+                continue
+            lines += [f"Search trace, {fmt} ({len(a['search'])} candidates):", "",
+                      "| candidate | selection drop | agreement | p50 here | size | time | outcome |",
+                      "|---|---|---|---|---|---|---|"]
+            for t in a["search"]:
+                drop = f"{t['selection_drop_pt']:+.2f}" if t["selection_drop_pt"] is not None else "-"
+                agree = f"{t['selection_agreement']:.1%}" if t["selection_agreement"] is not None else "-"
+                p50 = f"{t['p50_ms']:.2f} ms" if t["p50_ms"] is not None else "-"
+                lines.append(f"| {t['label']} | {drop} | {agree} | {p50} | {t['bytes'] / 1e6:.2f} MB | "
+                             f"{t['seconds']:.0f} s | {t['outcome']} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgeclf-quantization"))
+    ap.add_argument("--out", type=Path, default=OUT / "quantization.md")
+    a = ap.parse_args()
+    results = [one_run(run.resolve(), a.work) for run in a.runs]
+    mach = machine()
+    command = "python benchmarks/quantization.py " + " ".join(str(r) for r in a.runs)
+    a.out.write_text(markdown(results, mach, command))
+    slim = [{k: v for k, v in r.items() if not k.startswith("export_")} | {
+        k: {kk: vv for kk, vv in v.items() if kk in ("seconds", "exit")} for k, v in r.items() if k.startswith("export_")}
+        for r in results]
+    a.out.with_suffix(".json").write_text(json.dumps({"machine": mach, "results": slim}, indent=1))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
