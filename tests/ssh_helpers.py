@@ -78,7 +78,9 @@ def start_sshd(folder: Path) -> Sshd:
         raise RuntimeError("openssh-server is not installed: apt-get install -y openssh-server "
                            "(bash .ci/run installs it)")
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("host_key", "user_key", "other_key"):
+    for name in ("host_key", "user_key", "other_key"):  # fresh throwaway keys every time
+        for old in (folder / name, folder / f"{name}.pub"):
+            old.unlink(missing_ok=True)
         _keygen(folder / name)
     shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
     port = free_port()

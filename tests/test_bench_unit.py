@@ -237,6 +237,13 @@ def test_ssh_command_and_remote_quoting():
     assert remote.remote_word("python3; rm -rf /") == "'python3; rm -rf /'"
 
 
+def test_remote_python_under_the_local_home_is_the_device_home():
+    assert remote.unexpand_home("/home/me/edgeclf-env/bin/python", "/home/me") == "~/edgeclf-env/bin/python"
+    assert remote.unexpand_home("/home/me2/env/bin/python", "/home/me") == "/home/me2/env/bin/python"
+    assert remote.unexpand_home("/opt/env/bin/python", "/home/me") == "/opt/env/bin/python"
+    assert remote.unexpand_home("python3", "/") == "python3"
+
+
 @pytest.mark.parametrize("code, stderr, expected", [
     (255, "ssh: connect to host 127.0.0.1 port 2: Connection refused", "cannot reach the host (connect to host"),
     (255, "ssh: Could not resolve hostname pi5: Name or service not known", "cannot reach the host (Could not"),

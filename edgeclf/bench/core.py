@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclf.bench.remote import RemoteDevice, RemoteError, parse_host
+from edgeclf.bench.remote import RemoteDevice, RemoteError, parse_host, unexpand_home
 from edgeclf.contract import Artifact, Bundle, ContractError, load_bundle
 from edgeclf.errors import EdgeclfError
 from edgeclf.log import get_logger
@@ -575,7 +575,8 @@ def _remotes(options: BenchOptions) -> list[RemoteDevice]:
         if host.text in seen:
             raise EdgeclfError(f"--remote {host.text}: given twice")
         seen.add(host.text)
-        devices.append(RemoteDevice(host, options.remote_python, list(options.ssh_options), options.ssh_config))
+        devices.append(RemoteDevice(host, unexpand_home(options.remote_python), list(options.ssh_options),
+                                    options.ssh_config))
     return devices
 
 

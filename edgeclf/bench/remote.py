@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -91,6 +92,18 @@ def remote_word(path: str) -> str:
     if path == "~" or path.startswith("~/"):
         return "~" + (shlex.quote(path[1:]) if len(path) > 1 else "")
     return shlex.quote(path)
+
+
+def unexpand_home(path: str, home: str | None = None) -> str:
+    """``/home/me/env/bin/python`` -> ``~/env/bin/python`` when it is under this machine's home.
+
+    An unquoted ``--remote-python ~/env/bin/python`` reaches us expanded by the local shell, with the
+    local home in it; on the device, the same place is under the device user's home.
+    """
+    home = (home or os.path.expanduser("~")).rstrip("/")
+    if home and home != "/" and path.startswith(home + "/"):
+        return "~" + path[len(home):]
+    return path
 
 
 def classify_ssh_failure(host: Host, code: int, stderr: str, python: str) -> RemoteError:

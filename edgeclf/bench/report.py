@@ -39,7 +39,6 @@ CSV_COLUMNS = ["model", "format", "backend", "threads", "status", "note", "size_
                "mcnemar_p", "only_reference_right", "only_model_right", "worst_class", "worst_class_drop_pt"]
 TABLE_COLUMNS = ["Format", "Status", "Size", "top-1", "Δ", "McNemar p", "worst class", "p50 (95% CI)", "p90", "p99",
                  "FPS", "cold ms", "RAM"]
-FILES = ("bench.csv", "bench.json", "bench.md", "bench.png")
 DEFINITIONS = __doc__.split("Definitions (also written into bench.md):", 1)[1].strip()
 
 
@@ -331,7 +330,9 @@ def plot(result, path: Path) -> bool:
         ax.scatter(r.p50_ms, r.top1 * 100, s=60, marker=markers.get(r.precision, "o"),
                    color="none" if hollow else c, edgecolor=c if hollow else "black",
                    linewidth=1.2 if hollow else 0.5)
-        if not several:  # one export: name every point; several: colours and markers say it (legend)
+        if not several and (not by_device or r.device == devices[0]):
+            # one export: name the points (of the first device: the others' are the same models);
+            # several exports: colours and markers say it (legend)
             name = r.format + (f" ({r.backend})" if hollow else "")
             ax.annotate(name, (r.p50_ms, r.top1 * 100), textcoords="offset points", xytext=(4, 4), fontsize=7)
     lat = [r.p50_ms for r in points]
@@ -342,9 +343,9 @@ def plot(result, path: Path) -> bool:
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.tick_params(axis="x", which="minor", labelsize=7)
-    threads_text = ", ".join(f"{t} on {d}" for d, t in first_threads.items()) if by_device else \
-        f"{next(iter(first_threads.values()), '?')}"
-    ax.set_xlabel(f"latency p50, ms (batch 1, {threads_text} threads)")
+    threads_text = "threads: " + ", ".join(f"{t} on {d}" for d, t in first_threads.items()) if by_device else \
+        f"{next(iter(first_threads.values()), '?')} threads"
+    ax.set_xlabel(f"latency p50, ms (batch 1, {threads_text})")
     ax.set_ylabel("validation top-1, %")
     ax.set_title("accuracy against latency" + (", device by device" if by_device else ""))
     ax.grid(alpha=0.3)
