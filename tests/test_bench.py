@@ -14,9 +14,11 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -370,4 +372,47 @@ def test_remote_preflight_errors_are_one_line(export_dir, hymenoptera, sshd, dev
                     f'run there: {bare} -m pip install "edgeclf[runtime]=={version("edgeclf")}"')
     _one_line_error(bench(sshd.remote, sshd.config, tmp_path / "no-python"), f"{tmp_path / 'no-python'} not found there",
                     "--remote-python")
+    assert not (tmp_path / "o").exists()
+
+
+def _device_processes(device_python: Path) -> list[str]:
+    """Command lines of processes running the device's interpreter (the agent and its workers)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(device_python) in text:
+            found.append(text)
+    return found
+
+
+def test_ctrl_c_mid_bench_leaves_nothing_on_the_device(export_dir, hymenoptera, sshd, device_python, tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the foreground group, ssh included) while the device measures."""
+    before = set(TMP.glob("edgeclf-remote-*"))
+    err = tmp_path / "stderr"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeclf", "bench", str(export_dir), "--data", str(hymenoptera), "--out",
+             str(tmp_path / "o"), "--runs", "3000", "--log", "", "--no-local", "--remote", sshd.remote,
+             "--remote-python", str(device_python), "--ssh-config", str(sshd.config)],
+            stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job inherits it ignored
+    deadline = time.monotonic() + 120
+    while "[1/7]" not in err.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, err.read_text()
+    running = [d for d in set(TMP.glob("edgeclf-remote-*")) - before]
+    assert len(running) == 1 and (running[0] / "plan.json").is_file()  # the device's folder, mid-bench
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    text = err.read_text()
+    assert text.rstrip().endswith("interrupted") and "Traceback" not in text, text
+    deadline = time.monotonic() + 30
+    while (set(TMP.glob("edgeclf-remote-*")) - before or _device_processes(device_python)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(TMP.glob("edgeclf-remote-*")) - before
+    assert not _device_processes(device_python)
     assert not (tmp_path / "o").exists()

@@ -32,6 +32,7 @@ def test_median_ci_is_the_order_statistics_of_the_binomial_table():
     assert stats.median_ci_ranks(100) == (40, 61)
     assert stats.median_ci_ranks(6) == (1, 6)
     assert stats.median_ci_ranks(5) is None
+    assert stats.median_ci_ranks(10_000) == (4902, 5099)  # the normal approximation: 5000 ± 1.96 * 50
     sample = list(range(1, 101))  # 1..100 ms, in any order
     random.Random(0).shuffle(sample)
     assert stats.median_ci(sample) == (40.0, 61.0)

@@ -3,6 +3,9 @@
 Through the system's OpenSSH client (``ssh``), so ``~/.ssh/config``, agents, keys and jump hosts work as
 they do for the user; ``BatchMode=yes`` (never a password prompt: set up a key, ``ssh-copy-id``).
 
+Both commands run from ``/`` (``cd / && PYTHON ...``): Python puts the working directory first on its
+path, and a home folder holding an ``edgeclf`` checkout would otherwise shadow the installed package.
+
 1. Preflight (:meth:`RemoteDevice.preflight`): ``ssh HOST PYTHON -`` with a small script on stdin that
    reports edgeclf's version, the bench protocol, the contract schema, the installed backends and the
    device's fingerprint. One-line errors for a host that cannot be reached, a key that is refused, an
@@ -177,7 +180,7 @@ class RemoteDevice:
         return cmd + ["--", self.host.destination, remote_command]
 
     def preflight(self) -> dict:
-        cmd = self.ssh_command(f"{remote_word(self.python)} -")
+        cmd = self.ssh_command(f"cd / && {remote_word(self.python)} -")
         log.debug(f"{self.name}: connecting ({' '.join(shlex.quote(c) for c in cmd[:-1])})")
         try:
             proc = subprocess.run(cmd, input=PROBE_SCRIPT, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
@@ -213,7 +216,7 @@ class RemoteDevice:
         ``(index, worker result, probs or None)`` as each job finishes."""
         import numpy as np
 
-        cmd = self.ssh_command(f"{remote_word(self.python)} -m edgeclf.bench.agent serve")
+        cmd = self.ssh_command(f"cd / && {remote_word(self.python)} -m edgeclf.bench.agent serve")
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         errors: list[str] = []
         sent: list[int] = []

@@ -18,23 +18,38 @@ import numpy as np
 CONFIDENCE = 0.95
 
 
+def _binom_tail(n: int):
+    """Yield P(X <= k) for k = 0, 1, 2, ..., X ~ Binomial(n, 1/2): exact integer sums, one division each."""
+    total, term, cum = 1 << n, 1, 0  # term = comb(n, k)
+    for k in range(n + 1):
+        cum += term
+        yield cum / total  # int / int: correctly rounded
+        term = term * (n - k) // (k + 1)
+
+
 def binom_cdf(k: int, n: int) -> float:
-    """P(X <= k) for X ~ Binomial(n, 1/2), exact (integer arithmetic, then one division)."""
+    """P(X <= k) for X ~ Binomial(n, 1/2), exact."""
     if k < 0:
         return 0.0
     if k >= n:
         return 1.0
-    return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)  # int / int: correctly rounded
+    for i, p in enumerate(_binom_tail(n)):
+        if i == k:
+            return p
+    raise AssertionError("unreachable")
 
 
 def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
     """1-based ranks (l, u) of the sorted sample such that [x(l), x(u)] covers the median with at least
     ``confidence`` probability: the largest l with P(B <= l-1) <= (1-confidence)/2, B ~ Bin(n, 1/2), and
     u = n + 1 - l. None when n is too small for any interval to reach that confidence (n < 6 at 95 %).
+    Linear in n (10 000 runs: a few hundred ms).
     """
     alpha = (1.0 - confidence) / 2
     lo = 0
-    while binom_cdf(lo, n) <= alpha:  # P(B <= lo) <= alpha  ->  rank lo + 1 is still allowed
+    for p in _binom_tail(n):  # P(B <= lo) <= alpha  ->  rank lo + 1 is still allowed
+        if p > alpha:
+            break
         lo += 1
     if lo == 0:
         return None
