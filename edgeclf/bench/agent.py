@@ -31,14 +31,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from edgeclf.status import Status
+
 PROTOCOL = 1  # bumped when a plan, job, worker result or event changes meaning
 PLAN = "plan.json"
 WORKDIR_PREFIX = "edgeclf-remote-"
 
 
 def _failed(reason: str) -> dict:
-    from edgeclf.status import Status
-
     return {"status": Status.FAILED.value, "reason": reason}
 
 
@@ -73,7 +73,7 @@ def run_job(job: dict, base: Path, tmp: Path, n: int, timeout: float):
             "probs_out": str(tmp / f"probs_{n}.npy"), "result": str(tmp / f"result_{n}.json")}
     result = _run_worker(spec, tmp, n, timeout)
     probs = None
-    if result.get("status") == "ok" and job.get("accuracy"):
+    if result.get("status") == Status.OK.value and job.get("accuracy"):
         probs = np.load(spec["probs_out"])
     return result, probs
 

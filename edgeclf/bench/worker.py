@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgeclf.status import Status
+
 # The module each backend's runtime lives in: imported before the baseline is taken.
 RUNTIME_MODULES = {"litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
                    "onnxruntime": ("onnxruntime",), "opencv": ("cv2",)}
@@ -91,7 +93,7 @@ def measure(spec: dict) -> dict:
         backend.infer(tensor)
         times.append((time.perf_counter_ns() - t) / 1e6)
     peak = peak_rss_kib()
-    result = {"status": "ok", "engine": backend.engine, "threads": backend.threads, "import_ms": import_ms,
+    result = {"status": Status.OK.value, "engine": backend.engine, "threads": backend.threads, "import_ms": import_ms,
               "load_ms": load_ms, "cold_start_ms": cold_start_ms, "rss_baseline_kib": baseline,
               "rss_peak_kib": peak, "times_ms": times}
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(exc, EdgeclfError):
             reason = f"{type(exc).__name__}: {reason}"
-        result = {"status": "failed", "reason": reason[:300]}
+        result = {"status": Status.FAILED.value, "reason": reason[:300]}
     Path(spec["result"]).write_text(json.dumps(result), encoding="utf-8")
     return 0
 
