@@ -1,40 +1,42 @@
-"""Measure every artifact of one or more export folders side by side. No TensorFlow.
+"""Measure every artifact of one or more export folders side by side, here and on remote devices. No TensorFlow.
 
     result = run_bench(BenchOptions(exports=["runs/train/exp/export"], data="photos/"))
+    report.print_table(result, console)   # what the CLI shows
     result.exit_code   # 0 ok; 3 an artifact below --min-top1 (or failed, when --min-top1 is given)
 
 Steps: read each ``edgeclf.json`` -> take the validation split of ``--data`` (the run's own
-``split.json`` when it was made from the same folder, else a scan) -> decode and resize it once per input
-size with :func:`edgeclf.imageio.load_resized` into a temporary ``.npy`` -> for every artifact x backend x
-thread count, one child process (:mod:`edgeclf.bench.worker`) loads the model through
-``edgeclf.runtime.open_backend``, times batch-1 invokes, reports its peak RSS, and (once per artifact and
-backend) predicts the whole validation array -> metrics here with
-:func:`edgeclf.metrics.classification_report` -> table, ``bench.csv/json/md/png`` and a log line.
+``split.json`` when it was made from the same folder, else a scan) -> preflight every ``--remote``
+device (:mod:`edgeclf.bench.remote`) -> decode and resize the split once per input size with
+:func:`edgeclf.imageio.load_resized` into a temporary ``.npy`` -> on each device, for every artifact x
+backend x thread count, one worker process (:mod:`edgeclf.bench.agent`, :mod:`edgeclf.bench.worker`)
+loads the model through ``edgeclf.runtime.open_backend``, times batch-1 invokes, reports its peak RSS,
+and (once per artifact and backend) predicts the whole validation array -> metrics here, per device
+(:mod:`edgeclf.metrics`, :mod:`edgeclf.bench.stats`) -> ``bench.csv/json/md/png`` and a log line.
 
-The children run one after another: latency measured while another model runs would mean nothing.
+The jobs run one after another, device after device: latency measured while another model runs would
+mean nothing (and a loopback "device" shares this machine's cores).
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from edgeclf.bench.remote import RemoteDevice, RemoteError, parse_host, unexpand_home
 from edgeclf.contract import Artifact, Bundle, ContractError, load_bundle
 from edgeclf.errors import EdgeclfError
+from edgeclf.log import get_logger
+from edgeclf.status import Status
 
-DEFAULT_RUNS = 100
-DEFAULT_WARMUP = 10
+log = get_logger(__name__)
+
 DEFAULT_PROJECT = Path("runs/bench")  # --out default: runs/bench/exp, exp2, ...
 DEFAULT_LOG = DEFAULT_PROJECT / "bench_log.jsonl"  # one JSON line appended per bench run
+LOCAL = "local"  # the device name of the machine bench runs on
 BACKEND_CHOICES = ("litert", "onnxruntime", "opencv")
 # Backends measured by default, per format; OpenCV DNN only for float ONNX by default (it cannot run
 # integer inputs, and QDQ int8 graphs are unreliable in it): asked for explicitly, it is tried on any
@@ -46,11 +48,6 @@ REFERENCE_ORDER = (("tflite-fp32", "litert"), ("onnx-fp32", "onnxruntime"))
 EXIT_OK = 0
 EXIT_BELOW = 3  # an artifact below --min-top1 (or failed, when --min-top1 is given)
 LATENCY_IMAGES = 8  # the timed invokes cycle over this many real validation images
-JOB_TIMEOUT = 1800  # seconds per child process
-
-
-class BenchFailed(EdgeclfError):
-    exit_code = EXIT_BELOW
 
 
 @dataclass
@@ -58,14 +55,19 @@ class BenchOptions:
     exports: list[str | Path]
     data: str | Path
     out: str | Path | None = None  # default: runs/bench/exp (exp2, exp3 ... when taken)
-    runs: int = DEFAULT_RUNS
-    warmup: int = DEFAULT_WARMUP
-    threads: list[int] | None = None  # None: every core this process may use
+    runs: int = 100
+    warmup: int = 10
+    threads: list[int] | None = None  # None: every core the device lets this process use
     backends: list[str] | None = None  # None: every installed backend that applies
     min_top1: float | None = None  # fraction 0..1
     log: str | Path | None = DEFAULT_LOG  # None: no log line
     command: str = ""  # the command line, recorded in the outputs
-    job_timeout: float = JOB_TIMEOUT
+    job_timeout: float = 1800.0  # seconds per worker process
+    remotes: list[str] = field(default_factory=list)  # [user@]host[:port], one device each
+    remote_python: str = "python3"  # the interpreter with edgeclf[runtime] on the devices
+    local: bool = True  # measure on this machine too
+    ssh_options: list[str] = field(default_factory=list)  # extra `ssh -o` options
+    ssh_config: str | None = None  # `ssh -F FILE`
 
 
 @dataclass
@@ -79,22 +81,102 @@ class ExportInfo:
     labels: np.ndarray | None = None
     split_source: str = ""  # where the validation split came from
     images_npy: Path | None = None
-    reference: dict = field(default_factory=dict)
+    references: dict[str, dict] = field(default_factory=dict)  # device -> its float reference (format, top1...)
+
+    @property
+    def reference(self) -> dict:
+        """The float reference on the first device measured (the local machine unless --no-local)."""
+        return next(iter(self.references.values()), {})
+
+
+def _internal(**kw):
+    return field(repr=False, compare=False, metadata={"internal": True}, **kw)
+
+
+@dataclass
+class BenchRow:
+    """One artifact x backend x thread count on one device. None: not measured (failed, or no accuracy)."""
+
+    device: str
+    model: str
+    export_dir: str
+    backbone: str | None
+    imgsz: int
+    format: str
+    precision: str
+    file: str
+    backend: str
+    threads: int
+    size_bytes: int
+    val_images: int
+    runs: int
+    warmup: int
+    status: Status = Status.OK
+    note: str = ""
+    engine: str = ""
+    top1: float | None = None
+    top5: float | None = None
+    macro_f1: float | None = None
+    per_class: dict | None = None
+    drop_pt: float | None = None  # the float reference's top-1 minus this, points
+    agreement: float | None = None
+    mcnemar_p: float | None = None  # exact McNemar test against the float reference
+    only_reference_right: int | None = None
+    only_model_right: int | None = None
+    worst_class: str | None = None  # the class whose recall drops most against the reference
+    worst_class_drop_pt: float | None = None
+    export_top1: float | None = None
+    export_val_images: int | None = None
+    export_diff_pt: float | None = None
+    import_ms: float | None = None
+    load_ms: float | None = None
+    cold_start_ms: float | None = None  # load plus the first real image's inference
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+    p50_ci_low_ms: float | None = None  # 95 % confidence interval of the median
+    p50_ci_high_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    fps: float | None = None
+    rss_peak_mib: float | None = None
+    rss_baseline_mib: float | None = None
+    rss_model_mib: float | None = None
+    export: ExportInfo | None = _internal(default=None)
+    key: tuple = _internal(default=())  # (device, export index, artifact, backend): one accuracy pass each
+
+    @property
+    def size_mb(self) -> float:
+        return round(self.size_bytes / 1e6, 3)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_dict(self) -> dict:
+        """The public fields (what bench.csv/json hold), status as its string."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("internal")}
+        d["status"] = str(self.status)
+        d["size_mb"] = self.size_mb
+        return d
 
 
 @dataclass
 class BenchResult:
     out_dir: Path
-    rows: list[dict]
+    rows: list[BenchRow]
     exports: list[ExportInfo]
-    machine: dict
+    machine: dict  # the machine bench ran on (its fingerprint)
     settings: dict
     files: dict[str, Path]
+    devices: dict[str, dict] = field(default_factory=dict)  # device name -> fingerprint (+ how it was reached)
     notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_BELOW if any(r["status"] != "ok" for r in self.rows) and self.settings.get("min_top1") is not None \
+        return EXIT_BELOW if any(not r.ok for r in self.rows) and self.settings.get("min_top1") is not None \
             else EXIT_OK
 
 
@@ -142,6 +224,10 @@ def _check_options(o: BenchOptions) -> None:
         raise EdgeclfError(f"--min-top1 is a fraction between 0 and 1 (got {o.min_top1}; 0.9 means 90 %)")
     if o.threads is not None and (not o.threads or any(t < 1 for t in o.threads)):
         raise EdgeclfError("--threads: thread counts must be at least 1")
+    if not o.local and not o.remotes:
+        raise EdgeclfError("--no-local measures on remote devices only: give at least one --remote [user@]host")
+    if o.ssh_config is not None and not Path(o.ssh_config).is_file():
+        raise EdgeclfError(f"--ssh-config {o.ssh_config}: no such file")
     if not Path(o.data).is_dir():
         raise EdgeclfError(f"--data {o.data}: no such data folder")
 
@@ -154,7 +240,6 @@ def _label(bundle: Bundle, folder: Path) -> str:
 def _run_split(bundle: Bundle, folder: Path, data: Path):
     """The run's own ``split.json`` when the export came from a run trained on ``data``, else None."""
     from edgeclf.data.dataset import Dataset
-
     from edgeclf.rundir import SPLIT, split_root
 
     run = bundle.source.get("run")
@@ -172,7 +257,7 @@ def _run_split(bundle: Bundle, folder: Path, data: Path):
     return None
 
 
-def load_exports(options: BenchOptions, console) -> list[ExportInfo]:
+def load_exports(options: BenchOptions) -> list[ExportInfo]:
     from edgeclf.data.dataset import scan
 
     data = Path(options.data)
@@ -196,7 +281,7 @@ def load_exports(options: BenchOptions, console) -> list[ExportInfo]:
         found = _run_split(e.bundle, e.dir, data)
         if found is None:
             if scanned is None:
-                console.print(f"scanning {data}")
+                log.info(f"scanning {data}")
                 scanned = scan(data)
             ds, e.split_source = scanned, f"{data} (val split of a scan)"
         else:
@@ -215,7 +300,7 @@ def load_exports(options: BenchOptions, console) -> list[ExportInfo]:
     return exports
 
 
-def decode_val(exports: list[ExportInfo], tmp: Path, console) -> None:
+def decode_val(exports: list[ExportInfo], tmp: Path) -> None:
     """Decode and resize each distinct validation set once (the one decoder), shared via .npy files."""
     from edgeclf.imageio import load_resized
     from edgeclf.runtime import default_threads
@@ -231,232 +316,337 @@ def decode_val(exports: list[ExportInfo], tmp: Path, console) -> None:
             path = tmp / f"val_{len(cache)}_{inp.height}x{inp.width}_{inp.resize}.npy"
             np.save(path, np.stack(images).astype(np.uint8))
             cache[key] = path
-            console.print(f"decoded {len(images)} validation images at {inp.height}x{inp.width} ({inp.resize}) "
-                          f"in {time.perf_counter() - t:.1f} s")
+            log.info(f"decoded {len(images)} validation images at {inp.height}x{inp.width} ({inp.resize}) "
+                     f"in {time.perf_counter() - t:.1f} s")
         e.images_npy = cache[key]
 
 
-# --- jobs --------------------------------------------------------------------------------------------
+# --- devices -----------------------------------------------------------------------------------------
 
-def _installed(name: str) -> bool:
+class LocalDevice:
+    """This machine: the agent's jobs run here, in worker processes."""
+
+    name = LOCAL
+
+    def __init__(self):
+        from edgeclf.bench.agent import backends_available
+        from edgeclf.bench.fingerprint import fingerprint
+
+        self.fingerprint = fingerprint()
+        self.backends = backends_available()
+        self.thermal_after: dict | None = None
+
+    def run(self, plan: dict, files: dict[str, Path]):
+        from edgeclf.bench.agent import run_job
+        from edgeclf.bench.fingerprint import thermal
+
+        with tempfile.TemporaryDirectory(prefix="edgeclf-bench-jobs-") as tmp:
+            for n, job in enumerate(plan["jobs"]):
+                result, probs = run_job(job, Path("/"), Path(tmp), n, plan["job_timeout"])
+                yield n, result, probs
+        self.thermal_after = thermal()
+
+
+def backends_for(art: Artifact, chosen: list[str] | None, available: dict[str, bool],
+                 anywhere: dict[str, bool] | None = None, where: str = "") -> list[tuple[str, str | None]]:
+    """(backend, reason it cannot run here or None) for each backend that measures ``art`` on a device.
+
+    ``available``: the device's installed backends; ``anywhere``: installed on any device of the bench
+    (by default the same), so every device gets a row for a backend some device has, and a device that
+    lacks it says so in that row. ``where`` names the device in the reason (" on pi@pi5").
+    """
     from edgeclf.runtime import BACKENDS
 
-    return BACKENDS[name].available()
-
-
-def backends_for(art: Artifact, chosen: list[str] | None) -> list[tuple[str, str | None]]:
-    """(backend, reason it cannot run) for each backend that measures ``art``."""
-    from edgeclf.runtime import BACKENDS
-
+    anywhere = available if anywhere is None else anywhere
     if chosen is None:
         names = [n for n in DEFAULT_BACKENDS.get(art.format, ())
                  if n != "opencv" or art.precision in OPENCV_DEFAULT_PRECISIONS]
-        installed = [n for n in names if _installed(n)]
-        if installed:
-            return [(n, None) for n in installed]
-        first = names[0] if names else "-"
-        return [(first, f"no runtime for {art.format} installed (pip install {INSTALL.get(first, first)})")]
-    return [(n, None) for n in chosen if art.format in BACKENDS[n].formats]
+        present = [n for n in names if anywhere.get(n)]
+        if names and not present:  # no device has a runtime for this format: one row says so
+            return [(names[0], f"no runtime for {art.format} installed{where} (pip install {INSTALL[names[0]]})")]
+        names = present
+    else:
+        names = [n for n in chosen if art.format in BACKENDS[n].formats]
+    return [(n, None if available.get(n) else f"{n} is not installed{where} (pip install {INSTALL[n]})")
+            for n in names]
 
 
-def _run_child(spec: dict, tmp: Path, n: int, timeout: float) -> dict:
-    spec_path = tmp / f"spec_{n}.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "edgeclf.bench.worker", str(spec_path)], capture_output=True,
-                              text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": "fail", "reason": f"timed out after {timeout:.0f} s"}
-    result_path = Path(spec["result"])
-    if result_path.is_file():
-        return json.loads(result_path.read_text(encoding="utf-8"))
-    if proc.returncode < 0:
-        try:
-            sig = signal.Signals(-proc.returncode).name
-        except ValueError:
-            sig = f"signal {-proc.returncode}"
-        return {"status": "fail", "reason": f"the runtime crashed ({sig})"}
-    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-    return {"status": "fail", "reason": f"exit {proc.returncode}: {lines[-1][:200] if lines else 'no output'}"}
+@dataclass
+class Job:
+    """One measurement: a row of the report."""
+
+    device: str
+    export: ExportInfo
+    export_index: int
+    artifact: Artifact
+    backend: str
+    threads: int
+    accuracy: bool  # predict the whole validation array (once per device x artifact x backend)
+    reason: str | None  # why it cannot run (then it is not run)
 
 
-def _row(e: ExportInfo, art: Artifact, backend: str, threads: int, options: BenchOptions) -> dict:
+def plan_jobs(device, exports: list[ExportInfo], options: BenchOptions, anywhere: dict[str, bool]) -> list[Job]:
+    threads = options.threads or [int(device.fingerprint.get("usable_cores") or 1)]
+    where = "" if device.name == LOCAL else f" on {device.name}"
+    jobs, seen = [], set()
+    for i, e in enumerate(exports):
+        for art in e.bundle.artifacts:
+            for backend, reason in backends_for(art, options.backends, device.backends, anywhere, where):
+                for t in threads:
+                    key = (i, art.name, backend)
+                    jobs.append(Job(device.name, e, i, art, backend, t, key not in seen, reason))
+                    seen.add(key)
+    return jobs
+
+
+def _wire(jobs: list[Job], options: BenchOptions, remote: bool) -> tuple[dict, dict[str, Path]]:
+    """The plan the agent runs (only the jobs that can run) and the files it needs, by name in the tar."""
+    files: dict[str, Path] = {}
+    images: dict[Path, str] = {}
+    wire = []
+    for job in jobs:
+        if job.reason:
+            continue
+        e = job.export
+        if remote:
+            folder = f"exports/{job.export_index}"
+            for name in ("edgeclf.json", "labels.txt"):
+                if (e.dir / name).is_file():
+                    files[f"{folder}/{name}"] = e.dir / name
+            files[f"{folder}/{job.artifact.file}"] = e.bundle.path_of(job.artifact)
+            npy = images.setdefault(e.images_npy, f"images/{len(images)}.npy")
+            files[npy] = e.images_npy
+        else:
+            folder, npy = str(e.dir.resolve()), str(e.images_npy.resolve())
+        wire.append({"export_dir": folder, "artifact": job.artifact.name, "backend": job.backend,
+                     "threads": job.threads, "runs": options.runs, "warmup": options.warmup, "images": npy,
+                     "latency_images": LATENCY_IMAGES, "accuracy": job.accuracy})
+    from edgeclf.bench.agent import PROTOCOL
+
+    return {"protocol": PROTOCOL, "job_timeout": options.job_timeout, "jobs": wire}, files
+
+
+def _row(job: Job, options: BenchOptions) -> BenchRow:
+    e, art = job.export, job.artifact
     path = e.bundle.path_of(art)
     size = path.stat().st_size if path.is_file() else art.bytes
-    return {"model": e.label, "export_dir": str(e.dir), "backbone": e.bundle.source.get("backbone"),
-            "imgsz": e.bundle.input.height, "format": art.name, "precision": art.precision, "file": art.file,
-            "backend": backend, "engine": "", "threads": threads, "status": "ok", "note": "", "size_bytes": size,
-            "val_images": len(e.val_paths), "runs": options.runs, "warmup": options.warmup}
+    return BenchRow(device=job.device, model=e.label, export_dir=str(e.dir), backbone=e.bundle.source.get("backbone"),
+                    imgsz=e.bundle.input.height, format=art.name, precision=art.precision, file=art.file,
+                    backend=job.backend, threads=job.threads, size_bytes=size, val_images=len(e.val_paths),
+                    runs=options.runs, warmup=options.warmup, export=e, key=(job.device, job.export_index,
+                                                                             art.name, job.backend))
 
 
-def run_jobs(exports: list[ExportInfo], options: BenchOptions, tmp: Path, console) -> tuple[list[dict], dict]:
-    from edgeclf.runtime import default_threads
+def _fill(row: BenchRow, result: dict) -> None:
+    from edgeclf.bench.stats import latency_summary
 
-    threads = options.threads or [default_threads()]
-    plan = []
-    for e in exports:
-        for art in e.bundle.artifacts:
-            for backend, reason in backends_for(art, options.backends):
-                for t in threads:
-                    plan.append((e, art, backend, t, reason))
-    if not plan:
-        raise EdgeclfError(f"--backends {','.join(options.backends or [])}: none of them runs any artifact here "
-                           f"(formats: {', '.join(sorted({a.format for e in exports for a in e.bundle.artifacts}))})")
-    rows, probs = [], {}
-    for n, (e, art, backend, t, reason) in enumerate(plan):
-        row = _row(e, art, backend, t, options)
-        row["_key"], row["_export"] = (id(e), art.name, backend), e
-        rows.append(row)
-        first = (id(e), art.name, backend) not in probs
-        if reason:
-            row["status"], row["note"] = "fail", reason
-            probs.setdefault((id(e), art.name, backend), None)
-            continue
-        spec = {"export_dir": str(e.dir), "artifact": art.name, "backend": backend, "threads": t,
-                "runs": options.runs, "warmup": options.warmup, "images": str(e.images_npy),
-                "latency_images": LATENCY_IMAGES, "accuracy": first, "probs_out": str(tmp / f"probs_{n}.npy"),
-                "result": str(tmp / f"result_{n}.json")}
-        t0 = time.perf_counter()
-        result = _run_child(spec, tmp, n, options.job_timeout)
-        if result.get("status") != "ok":
-            row["status"], row["note"] = "fail", result.get("reason", "failed")
-            if first:
-                probs[(id(e), art.name, backend)] = None
+    if result.get("status") != Status.OK.value:
+        row.status, row.note = Status.FAILED, result.get("reason") or "failed"
+        return
+    row.engine = result.get("engine", "")
+    for key in ("import_ms", "load_ms", "cold_start_ms"):
+        setattr(row, key, result.get(key))
+    lat = latency_summary(result["times_ms"])
+    for f in fields(lat):
+        if hasattr(row, f.name):
+            setattr(row, f.name, getattr(lat, f.name))
+    row.rss_peak_mib = result["rss_peak_kib"] / 1024
+    row.rss_baseline_mib = result["rss_baseline_kib"] / 1024
+    row.rss_model_mib = row.rss_peak_mib - row.rss_baseline_mib
+
+
+def run_device(device, jobs: list[Job], options: BenchOptions, counter: list[int], total: int):
+    """Run ``jobs`` on ``device``; returns (rows, {row key: probs or None})."""
+    rows = [_row(job, options) for job in jobs]
+    probs: dict[tuple, np.ndarray | None] = {}
+    runnable = []
+    for job, row in zip(jobs, rows):
+        if job.reason:
+            row.status, row.note = Status.FAILED, job.reason
+            probs.setdefault(row.key, None)
         else:
-            row["engine"] = result["engine"]
-            for key in ("load_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "fps"):
-                row[key] = result[key]
-            row["rss_peak_mib"] = result["rss_peak_kib"] / 1024
-            row["rss_baseline_mib"] = result["rss_baseline_kib"] / 1024
-            row["rss_model_mib"] = row["rss_peak_mib"] - row["rss_baseline_mib"]
-            if first:
-                probs[(id(e), art.name, backend)] = np.load(spec["probs_out"])
-        state = "ok" if row["status"] == "ok" else f"fail: {row['note']}"
-        p50 = f"p50 {row['p50_ms']:.2f} ms, " if "p50_ms" in row else ""
-        console.print(f"[{n + 1}/{len(plan)}] {e.label} {art.name} {backend} {t} threads: {p50}"
-                      f"{time.perf_counter() - t0:.1f} s, {state}", markup=False)
+            runnable.append((job, row))
+    plan, files = _wire(jobs, options, remote=device.name != LOCAL)
+    t0 = time.perf_counter()
+    done = set()
+    try:
+        for n, result, p in device.run(plan, files):
+            job, row = runnable[n]
+            _fill(row, result)
+            done.add(n)
+            if job.accuracy:
+                probs[row.key] = p if row.ok else None
+            counter[0] += 1
+            p50 = f"p50 {row.p50_ms:.2f} ms, " if row.p50_ms is not None else ""
+            state = "ok" if row.ok else f"failed: {row.note}"
+            log.info(f"[{counter[0]}/{total}] {device.name} {job.export.label} {job.artifact.name} {job.backend} "
+                     f"{job.threads} threads: {p50}{time.perf_counter() - t0:.1f} s, {state}")
+            t0 = time.perf_counter()
+    except RemoteError as exc:  # the device went away mid-bench: what it measured stays, the rest says why
+        log.warning(str(exc))
+        for n, (job, row) in enumerate(runnable):
+            if n not in done:
+                row.status, row.note = Status.FAILED, str(exc)
+                probs.setdefault(row.key, None)
     return rows, probs
 
 
 # --- metrics -----------------------------------------------------------------------------------------
 
-def _reference(e: ExportInfo, probs: dict) -> tuple[str, str, np.ndarray] | None:
-    """The float model of the same export: tflite-fp32 (LiteRT), else onnx-fp32, else any fp32 measured."""
+def _reference(device: str, index: int, probs: dict) -> tuple[str, str, np.ndarray] | None:
+    """The float model of the same export on the same device: tflite-fp32 (LiteRT), else onnx-fp32, else
+    any fp32 measured."""
     for name, backend in REFERENCE_ORDER:
-        p = probs.get((id(e), name, backend))
+        p = probs.get((device, index, name, backend))
         if p is not None:
             return name, backend, p
-    for (eid, name, backend), p in probs.items():
-        if eid == id(e) and p is not None and name.endswith("-fp32"):
+    for (dev, i, name, backend), p in probs.items():
+        if dev == device and i == index and p is not None and name.endswith("-fp32"):
             return name, backend, p
     return None
 
 
-def add_metrics(rows: list[dict], exports: list[ExportInfo], probs: dict, min_top1: float | None) -> None:
-    from edgeclf.metrics import classification_report
+def add_metrics(rows: list[BenchRow], exports: list[ExportInfo], probs: dict, min_top1: float | None) -> None:
+    """Accuracy of every row from its device's predictions: top-1/top-5/macro-F1 (classification_report),
+    against the float reference of the same export on the same device (compare, McNemar, worst class)."""
+    from edgeclf.bench.stats import mcnemar_exact, worst_class_drop
+    from edgeclf.metrics import classification_report, compare
 
     reports: dict[tuple, dict] = {}
-    for e in exports:
-        ref = _reference(e, probs)
-        if ref is not None:
-            name, backend, p = ref
-            ref_pred = p.argmax(axis=1)
-            ref_top1 = float((ref_pred == e.labels).mean())
-            e.reference = {"format": name, "backend": backend, "top1": ref_top1, "_pred": ref_pred}
-    for row in rows:
-        e: ExportInfo = row["_export"]
-        key = row["_key"]
-        p = probs.get(key)
-        art = e.bundle.artifact(row["format"])
-        row["export_top1"] = art.val_top1
-        row["export_val_images"] = art.extra.get("val_images")
-        if p is None:
-            continue
+
+    def report_of(key, p, e):
         if key not in reports:
             reports[key] = classification_report(p, e.labels, e.bundle.classes)
-        rep = reports[key]
-        row["top1"] = rep["top1"]
-        if "top5" in rep:
-            row["top5"] = rep["top5"]
-        row["macro_f1"] = rep["macro_f1"]
-        row["per_class"] = rep["per_class"]
-        if e.reference:
-            row["drop_pt"] = round((e.reference["top1"] - rep["top1"]) * 100, 2)
-            row["agreement"] = float((p.argmax(axis=1) == e.reference["_pred"]).mean())
+        return reports[key]
+
+    refs: dict[tuple, tuple] = {}
+    for device in dict.fromkeys(r.device for r in rows):
+        for i, e in enumerate(exports):
+            ref = _reference(device, i, probs)
+            if ref is None:
+                continue
+            name, backend, p = ref
+            rep = report_of((device, i, name, backend), p, e)
+            refs[(device, i)] = (p.argmax(axis=1), rep)
+            e.references[device] = {"format": name, "backend": backend, "top1": rep["top1"]}
+    for row in rows:
+        e = row.export
+        i = row.key[1]
+        art = e.bundle.artifact(row.format)
+        row.export_top1 = art.val_top1
+        row.export_val_images = art.extra.get("val_images")
+        p = probs.get(row.key)
+        if p is None:
+            continue
+        rep = report_of(row.key, p, e)
+        pred = p.argmax(axis=1)
+        row.top1, row.top5, row.macro_f1, row.per_class = rep["top1"], rep.get("top5"), rep["macro_f1"], \
+            rep["per_class"]
+        ref = refs.get((row.device, i))
+        if ref is not None:
+            ref_pred, ref_rep = ref
+            cmp = compare(pred, e.labels, ref_pred)
+            row.drop_pt, row.agreement = cmp.drop_pt, cmp.agreement
+            test = mcnemar_exact(pred, ref_pred, e.labels)
+            row.mcnemar_p, row.only_reference_right, row.only_model_right = \
+                test.p_value, test.only_reference_right, test.only_model_right
+            worst = worst_class_drop(rep["per_class"], ref_rep["per_class"])
+            if worst is not None:
+                row.worst_class, row.worst_class_drop_pt = worst
         if art.val_top1 is not None:
-            row["export_diff_pt"] = round((rep["top1"] - float(art.val_top1)) * 100, 2)
-        if row["status"] == "ok" and min_top1 is not None and rep["top1"] < min_top1:
-            row["status"], row["note"] = "below --min-top1", f"top-1 {rep['top1']:.2%} < {min_top1:.2%}"
+            row.export_diff_pt = round((rep["top1"] - float(art.val_top1)) * 100, 2)
+        if row.ok and min_top1 is not None and rep["top1"] < min_top1:
+            row.status, row.note = Status.BELOW_FLOOR, f"top-1 {rep['top1']:.2%} < {min_top1:.2%}"
 
 
 def machine_info(threads: list[int]) -> dict:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
+    """This machine's fingerprint (:func:`edgeclf.bench.fingerprint.fingerprint`) and the thread counts."""
+    from edgeclf.bench.fingerprint import fingerprint
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        fields: dict[str, str] = {}
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-        # x86: "model name"; Raspberry Pi / ARM boards: "Model" (the board) or "Hardware"
-        cpu = next((fields[k] for k in ("model name", "hardware") if fields.get(k)), None) or \
-            (fields["model"] if not fields.get("model", "0").isdigit() else cpu)
-    except OSError:
-        pass
-    from edgeclf.runtime import default_threads
-
-    versions = {}
-    for pkg in ("edgeclf", "numpy", "ai-edge-litert", "tflite-runtime", "onnxruntime", "onnxruntime-gpu",
-                "opencv-python-headless", "opencv-python", "opencv-contrib-python"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": default_threads(), "os": platform.platform(),
-            "python": platform.python_version(), "versions": versions, "threads": threads}
+    return {**fingerprint(), "threads": threads}
 
 
 # --- the whole bench ---------------------------------------------------------------------------------
 
-def _console():
-    from rich.console import Console
+def _remotes(options: BenchOptions) -> list[RemoteDevice]:
+    devices, seen = [], set()
+    for text in options.remotes:
+        host = parse_host(text)
+        if host.text in seen:
+            raise EdgeclfError(f"--remote {host.text}: given twice")
+        seen.add(host.text)
+        devices.append(RemoteDevice(host, unexpand_home(options.remote_python), list(options.ssh_options),
+                                    options.ssh_config))
+    return devices
 
-    return Console(highlight=False, width=max(160, Console().width))  # the combined table is wide
+
+def _device_info(device, threads: list[int]) -> dict:
+    info = {**device.fingerprint, "threads": threads, "thermal_after": device.thermal_after}
+    if isinstance(device, RemoteDevice):
+        info.update({"remote": device.host.text, "python_executable": device.info.get("executable"),
+                     "workdir": device.workdir, "workdir_removed": device.workdir_removed,
+                     "bytes_sent": device.bytes_sent})
+    return info
 
 
-def run_bench(options: BenchOptions, console=None) -> BenchResult:
-    """Measure, write ``bench.csv/json/md/png`` into the output folder, print the table, log one line."""
+def run_bench(options: BenchOptions) -> BenchResult:
+    """Measure, write ``bench.csv/json/md/png`` into the output folder, log one line; the caller prints
+    the table (:func:`edgeclf.bench.report.print_table`)."""
     from edgeclf.bench import report
-    from edgeclf.runtime import default_threads
 
-    console = console or _console()
     _check_options(options)
-    if options.backends:
-        missing = [b for b in options.backends if not _installed(b)]
+    remotes = _remotes(options)
+    local = LocalDevice() if options.local else None
+    if local is not None and options.backends:
+        missing = [b for b in options.backends if not local.backends.get(b)]
         if missing:
             raise EdgeclfError(f"--backends {missing[0]}: not installed here (pip install {INSTALL[missing[0]]})")
     t0 = time.perf_counter()
-    exports = load_exports(options, console)
+    exports = load_exports(options)
     out_dir = Path(options.out) if options.out else free_dir(DEFAULT_PROJECT)
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeclfError(f"--out {out_dir}: exists and is not a folder")
-    threads = options.threads or [default_threads()]
+    for device in remotes:  # every device answers before anything is measured
+        info = device.preflight()
+        log.info(f"{device.name}: edgeclf {info['edgeclf']}, Python {info['python']}, backends "
+                 f"{', '.join(n for n, ok in device.backends.items() if ok) or 'none'}")
+    devices = ([local] if local else []) + remotes
+    anywhere = {n: any(d.backends.get(n) for d in devices) for n in BACKEND_CHOICES}
+    plans = [(d, plan_jobs(d, exports, options, anywhere)) for d in devices]
+    total = sum(len(jobs) for _, jobs in plans)
+    if not any(not j.reason for _, jobs in plans for j in jobs):
+        raise EdgeclfError(f"--backends {','.join(options.backends or [])}: none of them runs any artifact here "
+                           f"(formats: {', '.join(sorted({a.format for e in exports for a in e.bundle.artifacts}))})")
+    rows: list[BenchRow] = []
+    probs: dict = {}
+    counter = [0]
     with tempfile.TemporaryDirectory(prefix="edgeclf-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        decode_val(exports, tmp, console)
-        rows, probs = run_jobs(exports, options, tmp, console)
+        decode_val(exports, Path(tmp_name))
+        for device, jobs in plans:
+            device_rows, device_probs = run_device(device, jobs, options, counter, total)
+            rows += device_rows
+            probs.update(device_probs)
     add_metrics(rows, exports, probs, options.min_top1)
+    threads = {d.name: options.threads or [int(d.fingerprint.get("usable_cores") or 1)] for d in devices}
+    first_threads = threads[devices[0].name]
     settings = {"data": str(options.data), "exports": [str(e.dir) for e in exports], "runs": options.runs,
-                "warmup": options.warmup, "batch": 1, "threads": threads,
+                "warmup": options.warmup, "batch": 1, "threads": first_threads,
                 "backends": options.backends or "default", "min_top1": options.min_top1,
-                "command": options.command, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "seconds": round(time.perf_counter() - t0, 1)}
-    result = BenchResult(out_dir, rows, exports, machine_info(threads), settings, {})
+                "devices": [d.name for d in devices], "command": options.command,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.perf_counter() - t0, 1)}
+    machine = {**(local.fingerprint if local else machine_info([])), "threads": threads.get(LOCAL, [])}
+    result = BenchResult(out_dir, rows, exports, machine, settings, {},
+                         devices={d.name: _device_info(d, threads[d.name]) for d in devices})
+    from edgeclf.bench.fingerprint import int8_note
+
+    for name, info in result.devices.items():
+        note = int8_note(name, info)
+        if note and any(r.precision == "int8" for r in rows if r.device == name):
+            result.notes.append(note)
+        if info.get("workdir") and info.get("workdir_removed") is False:
+            result.notes.append(f"{name}: could not remove its temporary folder {info['workdir']}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result.files = report.write_all(result, console)
+    result.files = report.write_all(result)
     if options.log:
         result.files["log"] = report.append_log(result, Path(options.log))
-    report.print_table(result, console)
     return result

@@ -2,18 +2,20 @@
 
     python -m edgeclf.bench.worker SPEC.json
 
-SPEC.json (written by :mod:`edgeclf.bench.core`)::
+SPEC.json (written by :mod:`edgeclf.bench.agent`, on this machine or on a remote device)::
 
     {"export_dir": "...", "artifact": "tflite-int8", "backend": "litert", "threads": 2,
      "runs": 100, "warmup": 10, "images": "/tmp/.../val_96x96_bilinear.npy", "latency_images": 8,
      "accuracy": true, "probs_out": "/tmp/.../probs_3.npy", "result": "/tmp/.../result_3.json"}
 
-Order matters for the memory figure: import the runtime (``baseline`` = peak RSS so far) -> load the
-model -> warm-up and timed batch-1 invokes -> ``peak`` RSS, i.e. a process that loads and runs only this
+Order matters for the memory figure: import the runtime (``import_ms``; ``baseline`` = peak RSS so far)
+-> load the model and classify one real image (``load_ms``; ``cold_start_ms`` = load plus that first
+inference) -> warm-up and timed batch-1 invokes (``times_ms``, every one: the statistics are computed by
+the caller, :mod:`edgeclf.bench.stats`) -> ``peak`` RSS, i.e. a process that loads and runs only this
 model. Only then the accuracy pass over the whole validation array (memory-mapped, batches of 32), which
 would otherwise count the images and batch-32 activations as the model's memory.
 
-The result (JSON) goes to ``result``; a model the backend cannot load or run gives ``{"status": "fail",
+The result (JSON) goes to ``result``; a model the backend cannot load or run gives ``{"status": "failed",
 "reason": ...}``; a crash (OpenCV DNN on some QDQ graphs) leaves no result and the parent says so.
 Imports the runtime only: never TensorFlow.
 """
@@ -25,6 +27,8 @@ import resource
 import sys
 import time
 from pathlib import Path
+
+from edgeclf.status import Status
 
 # The module each backend's runtime lives in: imported before the baseline is taken.
 RUNTIME_MODULES = {"litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
@@ -50,17 +54,8 @@ def peak_rss_kib() -> int:
     return int(rss // 1024) if sys.platform == "darwin" else int(rss)  # macOS reports bytes
 
 
-def latency_stats(times_ms: list[float]) -> dict:
-    import numpy as np
-
-    t = np.asarray(times_ms, dtype=np.float64)
-    mean = float(t.mean())
-    return {"mean_ms": mean, "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-            "p99_ms": float(np.percentile(t, 99)), "std_ms": float(t.std()), "min_ms": float(t.min()),
-            "max_ms": float(t.max()), "fps": 1000.0 / mean if mean > 0 else 0.0}
-
-
 def measure(spec: dict) -> dict:
+    t_import = time.perf_counter()
     for name in RUNTIME_MODULES.get(spec["backend"], ()):
         try:
             importlib.import_module(name)
@@ -69,6 +64,8 @@ def measure(spec: dict) -> dict:
             continue
     import cv2  # noqa: F401  every edgeclf runtime process has OpenCV (decode, resize, the int8 input LUT)
     import numpy as np
+
+    import_ms = (time.perf_counter() - t_import) * 1000
 
     from edgeclf.contract import load_bundle
     from edgeclf.runtime import ModelRef, open_backend
@@ -81,6 +78,8 @@ def measure(spec: dict) -> dict:
     t0 = time.perf_counter()
     backend = open_backend(ref, backend=spec["backend"], threads=spec["threads"])
     load_ms = (time.perf_counter() - t0) * 1000
+    backend.predict(np.ascontiguousarray(images[:1]))  # the first real image: a cold start ends here
+    cold_start_ms = (time.perf_counter() - t0) * 1000
 
     # Batch-1 latency of the bare invoke (backend.infer) on real, already prepared validation images.
     k = max(1, min(int(spec.get("latency_images", 8)), len(images)))
@@ -94,8 +93,9 @@ def measure(spec: dict) -> dict:
         backend.infer(tensor)
         times.append((time.perf_counter_ns() - t) / 1e6)
     peak = peak_rss_kib()
-    result = {"status": "ok", "engine": backend.engine, "threads": backend.threads, "load_ms": load_ms,
-              "rss_baseline_kib": baseline, "rss_peak_kib": peak, **latency_stats(times)}
+    result = {"status": Status.OK.value, "engine": backend.engine, "threads": backend.threads, "import_ms": import_ms,
+              "load_ms": load_ms, "cold_start_ms": cold_start_ms, "rss_baseline_kib": baseline,
+              "rss_peak_kib": peak, "times_ms": times}
 
     if spec.get("accuracy"):
         t = time.perf_counter()
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(exc, EdgeclfError):
             reason = f"{type(exc).__name__}: {reason}"
-        result = {"status": "fail", "reason": reason[:300]}
+        result = {"status": Status.FAILED.value, "reason": reason[:300]}
     Path(spec["result"]).write_text(json.dumps(result), encoding="utf-8")
     return 0
 

@@ -1,11 +1,12 @@
-"""`edgeclf bench`: parse options, call edgeclf.bench.core.run_bench, exit with its code."""
+"""`edgeclf bench`: parse options, call edgeclf.bench.core.run_bench, print its table, exit with its code."""
 from __future__ import annotations
 
 import sys
 
 import click
 
-from edgeclf.bench.core import DEFAULT_LOG
+from edgeclf.bench.core import BenchOptions
+from edgeclf.config import default
 
 
 @click.command("bench")
@@ -15,36 +16,63 @@ from edgeclf.bench.core import DEFAULT_LOG
               help="Photo folder (as for train): its validation split is measured.")
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="Output folder for bench.csv/json/md/png. Default: runs/bench/exp (exp2, exp3… when taken).")
-@click.option("--runs", type=int, default=100, show_default=True, help="Timed batch-1 runs per model.")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs before them.")
+@click.option("--runs", type=int, default=default(BenchOptions, "runs"), show_default=True,
+              help="Timed batch-1 runs per model.")
+@click.option("--warmup", type=int, default=default(BenchOptions, "warmup"), show_default=True,
+              help="Untimed runs before them.")
 @click.option("--threads", default=None,
-              help="CPU threads, or a comma list to sweep (e.g. 1,2,4). Default: every usable core.")
+              help="CPU threads, or a comma list to sweep (e.g. 1,2,4). Default: every usable core of each device.")
 @click.option("--backends", default=None,
               help="Comma list of litert, onnxruntime, opencv. Default: every installed backend that applies "
                    "(OpenCV DNN for float ONNX only).")
 @click.option("--min-top1", type=float, default=None,
               help="Accuracy floor (fraction, e.g. 0.9): exit 3 when any model is below it or fails (CI gate).")
-@click.option("--log", type=click.Path(path_type=str), default=str(DEFAULT_LOG), show_default=True,
+@click.option("--log", type=click.Path(path_type=str), default=str(default(BenchOptions, "log")), show_default=True,
               help="Append one JSON line per bench run here ('' for none).")
-def command(exports, data, out, runs, warmup, threads, backends, min_top1, log) -> None:
+@click.option("--remote", "remotes", multiple=True, metavar="[USER@]HOST[:PORT]",
+              help="Also measure on this device over SSH (repeatable: one set of rows per device). The device "
+                   "needs Python with edgeclf[runtime]; the models and the decoded validation images are sent "
+                   "to a temporary folder there, removed afterwards.")
+@click.option("--remote-python", default=default(BenchOptions, "remote_python"), show_default=True,
+              help="The interpreter on the device(s) that has edgeclf[runtime], e.g. '~/edgeclf-env/bin/python' "
+                   "(quoted: ~ is the device's home).")
+@click.option("--no-local", is_flag=True, help="Measure on the --remote devices only.")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
+              help="Extra OpenSSH option for --remote (repeatable), e.g. IdentityFile=~/.ssh/pi_key.")
+@click.option("--ssh-config", type=click.Path(path_type=str), default=default(BenchOptions, "ssh_config"),
+              help="OpenSSH config file to use instead of ~/.ssh/config (ssh -F).")
+def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, remotes, remote_python, no_local,
+            ssh_options, ssh_config) -> None:
     """Measure every model of one or more export folders on the validation split of DATA, side by side,
-    through the runtime backends `edgeclf run` uses: size, load time, top-1 (top-5 with more than five
-    classes), macro-F1, drop against the float model and agreement with it, batch-1 latency (mean,
-    p50/p90/p99, std, FPS) and the peak memory of a process running only that model.
+    through the runtime backends `edgeclf run` uses: size, load time and cold start, top-1 (top-5 with
+    more than five classes), macro-F1, drop against the float model, agreement with it and an exact
+    McNemar test, the worst class's drop, batch-1 latency (mean, p50 with its 95 % confidence interval,
+    p90/p99, std, FPS) and the peak memory of a process running only that model.
 
-    Several export folders (e.g. one per backbone) give one combined table.
+    Several export folders (e.g. one per backbone) give one combined table. With --remote, the same is
+    measured on a Raspberry Pi or Jetson over SSH, side by side with this machine, each device with its
+    fingerprint (CPU, ISA features that decide int8 speed, memory, OS, runtimes, governor, temperature).
     Writes bench.csv, bench.json, bench.md and bench.png (with matplotlib) in --out.
 
     \b
     Exit codes:
       0  measured (failed models, if any, are listed with their reason)
-      2  bad input (one-line error)
+      2  bad input, or a --remote device that cannot be used (one-line error)
       3  with --min-top1: a model is below the floor or failed
     """
-    from edgeclf.bench.core import BenchOptions, parse_backends, parse_threads, run_bench
+    from edgeclf.bench import report
+    from edgeclf.bench.core import parse_backends, parse_threads, run_bench
 
     result = run_bench(BenchOptions(
         exports=list(exports), data=data, out=out, runs=runs, warmup=warmup, threads=parse_threads(threads),
-        backends=parse_backends(backends), min_top1=min_top1, log=log or None,
+        backends=parse_backends(backends), min_top1=min_top1, log=log or None, remotes=list(remotes),
+        remote_python=remote_python, local=not no_local, ssh_options=list(ssh_options), ssh_config=ssh_config,
         command="edgeclf bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""))
+    report.print_table(result, _console())
     sys.exit(result.exit_code)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, width=max(160, Console().width))  # the combined table is wide
