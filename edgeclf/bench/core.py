@@ -114,6 +114,7 @@ class BenchRow:
     status: Status = Status.OK
     note: str = ""
     engine: str = ""
+    recipe: str = ""  # int8: how export quantized it (edgeclf.json's recipe, one line)
     top1: float | None = None
     top5: float | None = None
     macro_f1: float | None = None
@@ -433,8 +434,8 @@ def _row(job: Job, options: BenchOptions) -> BenchRow:
     return BenchRow(device=job.device, model=e.label, export_dir=str(e.dir), backbone=e.bundle.source.get("backbone"),
                     imgsz=e.bundle.input.height, format=art.name, precision=art.precision, file=art.file,
                     backend=job.backend, threads=job.threads, size_bytes=size, val_images=len(e.val_paths),
-                    runs=options.runs, warmup=options.warmup, export=e, key=(job.device, job.export_index,
-                                                                             art.name, job.backend))
+                    runs=options.runs, warmup=options.warmup, recipe=art.recipe.label() if art.recipe else "",
+                    export=e, key=(job.device, job.export_index, art.name, job.backend))
 
 
 def _fill(row: BenchRow, result: dict) -> None:

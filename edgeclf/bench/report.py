@@ -19,6 +19,8 @@ Definitions (also written into bench.md):
   imported (``import_ms``: importing it).
 * RAM: peak resident memory of a process that loads and runs only that model (batch 1), imports and
   interpreter included; ``rss_baseline_mib`` is the same process before the model was loaded.
+* recipe: for int8 models, how ``edgeclf export`` quantized them (from ``edgeclf.json``): operator format,
+  calibration method and images, weight bits, per-channel, activation bits, layers kept in float.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ CSV_COLUMNS = ["model", "format", "backend", "threads", "status", "note", "size_
                "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "fps", "rss_peak_mib",
                "rss_baseline_mib", "rss_model_mib", "runs", "warmup", "precision", "file", "engine", "imgsz",
                "backbone", "export_dir", "device", "p50_ci_low_ms", "p50_ci_high_ms", "cold_start_ms", "import_ms",
-               "mcnemar_p", "only_reference_right", "only_model_right", "worst_class", "worst_class_drop_pt"]
+               "mcnemar_p", "only_reference_right", "only_model_right", "worst_class", "worst_class_drop_pt", "recipe"]
 TABLE_COLUMNS = ["Format", "Status", "Size", "top-1", "Δ", "McNemar p", "worst class", "p50 (95% CI)", "p90", "p99",
                  "FPS", "cold ms", "RAM"]
 DEFINITIONS = __doc__.split("Definitions (also written into bench.md):", 1)[1].strip()
@@ -90,8 +92,10 @@ def table_rows(result, width: int | None = 48, rows=None) -> tuple[list[str], li
     """Header and cells of the summary table of ``rows`` (default: all; screen and bench.md share it)."""
     rows = result.rows if rows is None else rows
     devices, models, backends, threads = _several(result, rows)
+    recipes = any(r.recipe for r in rows)
     header = (["Device"] if devices else []) + (["Model"] if models else []) + ["Format"] + \
-        (["Backend"] if backends else []) + (["Threads"] if threads else []) + TABLE_COLUMNS[1:]
+        (["Backend"] if backends else []) + (["Threads"] if threads else []) + TABLE_COLUMNS[1:] + \
+        (["Recipe"] if recipes else [])
     cells = []
     for r in rows:
         delta = 0.0 - r.drop_pt if r.drop_pt is not None else None
@@ -109,6 +113,8 @@ def table_rows(result, width: int | None = 48, rows=None) -> tuple[list[str], li
                  f"{r.fps:.1f}" if r.fps else "-",
                  f"{r.cold_start_ms:.0f}" if r.cold_start_ms is not None else "-",
                  f"{r.rss_peak_mib:.0f} MiB" if r.rss_peak_mib else "-"]
+        if recipes:
+            line.append(r.recipe or "-")
         cells.append(line)
     return header, cells
 

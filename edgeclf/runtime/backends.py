@@ -327,9 +327,17 @@ class OpenCVDnnBackend(Backend):
         try:
             self._net = cv2.dnn.readNetFromONNX(str(self.model.path))
         except cv2.error as exc:
-            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-            raise ModelLoadError(f"{self.model.path}: OpenCV DNN cannot load it "
-                                 f"({(lines[-1] if lines else 'cv2.error').strip()})") from exc
+            # OpenCV 5's new engine refuses QDQ (QuantizeLinear/DequantizeLinear) graphs that its classic
+            # engine runs; older OpenCV has no engine argument
+            classic = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
+            try:
+                if classic is None:
+                    raise exc
+                self._net = cv2.dnn.readNetFromONNX(str(self.model.path), classic)
+            except cv2.error:
+                lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+                raise ModelLoadError(f"{self.model.path}: OpenCV DNN cannot load it "
+                                     f"({(lines[-1] if lines else 'cv2.error').strip()})") from exc
         if self._net.empty():
             raise ModelLoadError(f"{self.model.path}: OpenCV DNN loaded an empty network")
         self.engine = f"opencv-dnn {cv2.__version__}"
