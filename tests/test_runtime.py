@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import runtime_models  # noqa: E402
 
 SIZE = 128
+# real exported models (built once by tests/runtime_models.py with TensorFlow, about 2 min on a new machine)
+pytestmark = pytest.mark.slow
 VAL = runtime_models.DATA / "val"
 
 
