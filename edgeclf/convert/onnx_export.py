@@ -149,8 +149,6 @@ def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str
 
 def _agreement(proto, reference_pred, calibration) -> float:
     """Share of calibration images where ``proto`` (run by ONNX Runtime) agrees with ``reference_pred``."""
-    import numpy as np
-
     return float((_predict(proto, calibration.images) == reference_pred).mean())
 
 

@@ -41,7 +41,6 @@ from edgeclf.log import get_logger
 
 log = get_logger(__name__)
 
-IO_TYPES = ("uint8", "int8", "float")
 QUANTIZER = "tflite-converter"
 SENSITIVITY_IMAGES = 32  # calibration images the per-tensor SQNR (the groups' order before ranking) uses
 CALIBRATION_GROWTH = 2  # the second rung calibrates on this many times more images

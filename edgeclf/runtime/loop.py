@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,10 +12,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from edgeclf.imageio import load_rgb, resize_rgb
+from edgeclf.log import get_logger
 from edgeclf.runtime.backends import Backend
 from edgeclf.runtime.output import (PredictionWriter, Prediction, VideoSaver, Window, display_available, draw_overlay,
                                     make_prediction)
 from edgeclf.runtime.sources import FileSource, Frame, Preprocess, Skip, Source, SourceError, open_source
+
+log = get_logger(__name__)
 
 
 class Classifier:
@@ -306,7 +308,7 @@ def _available_memory() -> int | None:
 
 
 def _echo(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    log.info(message)
 
 
 def run_source(backend: Backend, source: str | Source, options: RunOptions | None = None,

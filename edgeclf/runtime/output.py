@@ -14,9 +14,12 @@ import numpy as np
 
 from edgeclf import fsutil
 from edgeclf.errors import EdgeclfError
+from edgeclf.log import get_logger
 from edgeclf.imageio import resize_rgb
 
 UNKNOWN = "unknown"
+
+log = get_logger(__name__)
 
 
 class OutputError(EdgeclfError):
@@ -166,8 +169,7 @@ class Window:
             return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
         except cv2.error as exc:
             self.ok = False
-            print(f"warning: cannot show a window ({str(exc).strip().splitlines()[-1][:120]}); going on headless",
-                  file=sys.stderr)
+            log.warning("cannot show a window (%s); going on headless", str(exc).strip().splitlines()[-1])
             return True
 
     def close(self) -> None:

@@ -17,7 +17,6 @@ import functools
 import glob as globlib
 import queue
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from edgeclf.errors import EdgeclfError
+from edgeclf.log import get_logger
 from edgeclf.imageio import IMAGE_EXTENSIONS, ImageDecodeError, bgr_to_rgb, is_candidate, load_rgb, resize_rgb
 
 URL_RE = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp|srt)://", re.IGNORECASE)
@@ -34,12 +34,15 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", "
                               ".ts", ".mts", ".3gp", ".mjpeg", ".mjpg", ".h264", ".h265", ".ogv"})
 
 
+log = get_logger(__name__)
+
+
 class SourceError(EdgeclfError):
     """A source that does not open or yields nothing."""
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    log.warning(message)
 
 
 @dataclass
@@ -247,7 +250,6 @@ class VideoSource(_OrderedSource):
             self._cap.release()
             raise SourceError(f"{path}: cannot open as a video (unsupported or corrupt file)")
         self.fps = self._cap.get(cv2.CAP_PROP_FPS) or None
-        self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
 
     def _produce(self) -> None:
         index = 0
@@ -481,10 +483,6 @@ def open_source(spec: str | int, prep: Preprocess, *, reconnect_timeout: float |
 def _redact(url: str) -> str:
     """A URL without its password, for messages and output files."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
-def is_live_spec(spec: str) -> bool:
-    return bool(re.fullmatch(r"\d+|picamera\d*", spec, re.IGNORECASE) or URL_RE.match(spec))
 
 
 __all__ = ["Frame", "Preprocess", "Source", "FileSource", "VideoSource", "LiveSource", "PiCameraCapture",
