@@ -52,6 +52,22 @@ def bench_rows(bench_dir: Path) -> list[dict]:
     return json.loads((bench_dir / "bench.json").read_text())["rows"]
 
 
+def qat_run(run: Path, work: Path) -> dict:
+    """`--qat` for a model the post-training ladder cannot bring within budget: the int8 TFLite model."""
+    out = work / run.name / "qat"
+    shutil.rmtree(out, ignore_errors=True)
+    proc, seconds = edgeclf("export", str(run), "--int8", "--qat", "--formats", "tflite-fp32,tflite-int8",
+                            "--out", str(out))
+    print(f"{run.name}: export --qat exit {proc.returncode} in {seconds:.0f} s", flush=True)
+    if proc.returncode not in (0, 3):
+        raise SystemExit(proc.stdout + proc.stderr)
+    bundle = json.loads((out / "edgeclf.json").read_text())
+    art = next(a for a in bundle["artifacts"] if a["precision"] == "int8")
+    return {"name": run.name, "seconds": round(seconds, 1), "val_top1": art["val_top1"],
+            "drop_pt": art["extra"]["drop_pt"], "agreement": art["extra"]["agreement"],
+            "reference_top1": bundle["source"]["reference"]["val_top1"]}
+
+
 def one_run(run: Path, work: Path) -> dict:
     name = run.name
     w = work / name
@@ -85,7 +101,7 @@ def _row(rows: list[dict], export_dir: str, fmt: str, backend: str) -> dict | No
                  and r["backend"] == backend), None)
 
 
-def markdown(results: list[dict], mach: dict, command: str) -> str:
+def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()) -> str:
     lines = [
         "# The int8 accuracy budget, measured",
         "",
@@ -149,6 +165,15 @@ def markdown(results: list[dict], mach: dict, command: str) -> str:
                 lines.append(f"| {t['label']} | {drop} | {agree} | {p50} | {t['bytes'] / 1e6:.2f} MB | "
                              f"{t['seconds']:.0f} s | {t['outcome']} |")
             lines.append("")
+    if qat:
+        lines += ["## `--qat` where post-training int8 is over budget", "",
+                  "Quantization-aware fine-tuning (tensorflow-model-optimization under tf_keras, 2 epochs) of the int8 "
+                  "TFLite model, on the same run, verified on validation the same way:", "",
+                  "| run | val top-1 (fp32) | int8 val top-1 | drop | agreement | export time |", "|---|---|---|---|---|---|"]
+        for q in qat:
+            lines.append(f"| {q['name']} | {q['reference_top1']:.2%} | {q['val_top1']:.2%} | {q['drop_pt']:+.2f} | "
+                         f"{q['agreement']:.2%} | {q['seconds']:.0f} s |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -157,15 +182,18 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeclf-quantization"))
     ap.add_argument("--out", type=Path, default=OUT / "quantization.md")
+    ap.add_argument("--qat", nargs="*", type=Path, default=[], help="runs to export with --qat as well")
     a = ap.parse_args()
     results = [one_run(run.resolve(), a.work) for run in a.runs]
+    qat = [qat_run(run.resolve(), a.work) for run in a.qat]
     mach = machine()
-    command = "python benchmarks/quantization.py " + " ".join(str(r) for r in a.runs)
-    a.out.write_text(markdown(results, mach, command))
+    command = "python benchmarks/quantization.py " + " ".join(str(r) for r in a.runs) + (
+        " --qat " + " ".join(str(r) for r in a.qat) if a.qat else "")
+    a.out.write_text(markdown(results, mach, command, qat))
     slim = [{k: v for k, v in r.items() if not k.startswith("export_")} | {
         k: {kk: vv for kk, vv in v.items() if kk in ("seconds", "exit")} for k, v in r.items() if k.startswith("export_")}
         for r in results]
-    a.out.with_suffix(".json").write_text(json.dumps({"machine": mach, "results": slim}, indent=1))
+    a.out.with_suffix(".json").write_text(json.dumps({"machine": mach, "results": slim, "qat": qat}, indent=1))
     print(f"wrote {a.out}")
 
 

@@ -416,3 +416,76 @@ def test_other_backbones_export_end_to_end(model, size, formats, tmp_path):
     assert fp32.extra["agreement"] == 1.0 and bundle.source["reference"]["keras_max_abs_diff"] < 1e-3
     if "onnx-fp32" in formats:
         assert bundle.artifact("onnx-fp32").extra["agreement"] >= 0.95
+
+
+# --- TFLite metadata, read by an independent reader ----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def google_metadata_schema():
+    """Google's generated reader of metadata_schema.fbs (flatc output shipped in tflite-support 0.4.4),
+    taken from the wheel without installing it (tflite-support pins protobuf < 4, TensorFlow needs >= 6)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    member = "tensorflow_lite_support/metadata/metadata_schema_py_generated.py"
+    cache = Path(tempfile.gettempdir()) / "edgeclf-tflite-support-0.4.4"
+    target = cache / "metadata_schema_py_generated.py"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                               "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+                               "tflite-support==0.4.4", "-d", str(cache)], capture_output=True, text=True, timeout=600)
+        wheels = list(cache.glob("tflite_support-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            pytest.fail(f"cannot fetch tflite-support 0.4.4 from the package index: {proc.stderr[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            target.write_bytes(zf.read(member))
+        wheels[0].unlink()
+    spec = importlib.util.spec_from_file_location("metadata_schema_py_generated", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tflite_metadata_agrees_with_googles_reader(exported, google_metadata_schema):
+    from edgeclf.convert.metadata import TFLITE_METADATA, _tflite_metadata_entries, read_tflite_metadata
+
+    fb = google_metadata_schema
+    for file in ("model_fp32.tflite", "model_int8.tflite"):
+        data = (exported.out_dir / file).read_bytes()
+        raw = _tflite_metadata_entries(data)[TFLITE_METADATA]
+        ours = read_tflite_metadata(data)["metadata"]
+        theirs = fb.ModelMetadataT.InitFromPackedBuf(bytearray(raw), 0)
+        assert theirs.name.decode() == ours["name"] and theirs.minParserVersion.decode() == ours["min_parser_version"]
+        assert [f.name.decode() for f in theirs.associatedFiles] == ["edgeclf.json"]
+        (sg,) = theirs.subgraphMetadata
+        (inp,), (out,) = sg.inputTensorMetadata, sg.outputTensorMetadata
+        assert inp.content.contentPropertiesType == fb.ContentProperties.ImageProperties
+        assert inp.content.contentProperties.colorSpace == fb.ColorSpaceType.RGB
+        size = inp.content.contentProperties.defaultSize
+        assert (size.width, size.height) == (IMGSZ, IMGSZ) == ours["subgraphs"][0]["inputs"][0]["default_size"]
+        (unit,) = inp.processUnits
+        assert unit.optionsType == fb.ProcessUnitOptions.NormalizationOptions
+        assert list(unit.options.mean) == [0.0] and list(unit.options.std) == [1.0]  # raw pixels: normalised inside
+        assert list(inp.stats.max) == [255.0] and list(inp.stats.min) == [0.0]
+        assert out.content.contentPropertiesType == fb.ContentProperties.FeatureProperties
+        (labels,) = out.associatedFiles
+        assert labels.name.decode() == LABELS_FILE and labels.type == fb.AssociatedFileType.TENSOR_AXIS_LABELS
+
+
+def test_train_and_export_print_no_tensorflow_chatter(small_run, exported):
+    """What `edgeclf train` and `edgeclf export` printed for the session's run (conftest.py keeps it):
+    no TensorFlow, absl, XLA or CUDA log lines, no converter prints, no Python warnings."""
+    import re
+
+    train_log = (small_run.parent / "train.log").read_text()
+    for text in (train_log, exported.log):
+        assert text.strip()  # something was printed: progress, tables
+        for line in text.splitlines():
+            assert not re.match(r"^[IWEF]\d{4} |^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ", line), line
+            low = line.lower()
+            for word in ("absl", "cuda", "cuinit", "onednn", "xnnpack delegate", "fully_quantize", "userwarning",
+                         "deprecat", "tensorflow/", "tf_tfl"):
+                assert word not in low, line
+    assert "val top-1" in train_log and "verifying on" in exported.log
