@@ -416,9 +416,10 @@ def print_search(result: ExportResult, console) -> None:
     from rich.table import Table
 
     for name, search in result.searches.items():
-        table = Table(title=f"{name}: int8 search ({len(search.trials)} candidates, {search.seconds:.0f} s, "
-                            f"budget {result.bundle.source.get('max_drop_pt')} pt on "
-                            f"{len(search.trials) and 'the selection images'})", title_justify="left")
+        left_out = f", {search.unstable} unstable left out" if search.unstable else ""
+        table = Table(title=f"{name}: int8 search, {len(search.trials)} candidates in {search.seconds:.0f} s; budget "
+                            f"{result.bundle.source.get('max_drop_pt')} pt on {search.judged} selection images"
+                            f"{left_out}", title_justify="left")
         for col, just in (("candidate", "left"), ("sel. drop", "right"), ("agree", "right"), ("p50", "right"),
                           ("size", "right"), ("time", "right"), ("outcome", "left")):
             table.add_column(col, justify=just)

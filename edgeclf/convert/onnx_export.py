@@ -416,7 +416,8 @@ def export(fmt, job) -> Artifact:
         proto = onnx.load_from_string(result.data)
         artifact.recipe, artifact.search = result.recipe, [t.to_dict() for t in result.trials]
         artifact.extra.update({"opset": int(max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))),
-                               "calibration_images": result.recipe.calibration_images})
+                               "calibration_images": result.recipe.calibration_images,
+                               "selection_images": result.judged, "selection_unstable": result.unstable})
     else:
         raise ValueError(f"unknown ONNX precision {fmt.precision!r}")
     _set_metadata(proto, onnx_metadata_props(job.bundle, artifact))

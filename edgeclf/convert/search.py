@@ -102,6 +102,8 @@ class SearchResult:
     within_budget: bool
     chosen: Trial | None = None
     seconds: float = 0.0
+    judged: int = 0  # selection images the drop was measured on
+    unstable: int = 0  # selection images left out (the float model's own top-1 flips under pixel noise)
 
 
 @dataclass
@@ -294,7 +296,8 @@ def run_search(judge: Judge, ladder: Iterable[Candidate]) -> SearchResult:
         return _finish(judge, chosen, data, True, t0)
     usable = [(t, d) for t, d in judge.measured.values() if d is not None]
     if not usable:
-        return SearchResult(None, None, [t for t, _ in judge.measured.values()], False, None, time.perf_counter() - t0)
+        return SearchResult(None, None, [t for t, _ in judge.measured.values()], False, None, time.perf_counter() - t0,
+                            judge.judged, len(judge.labels) - judge.judged)
     best = usable[0]
     for t, d in usable[1:]:
         if _better(t, best[0]):
@@ -316,7 +319,8 @@ def _finish(judge: Judge, chosen: Trial, data: bytes, within: bool, t0: float) -
         elif t.outcome == WITHIN:  # not taken: expected slower, or as fast but larger
             t.outcome = "within budget, " + ("larger" if t.tier == chosen.tier else "slower")
     recipe = Recipe.from_dict(chosen.recipe)
-    return SearchResult(data, recipe, trials, within, chosen, time.perf_counter() - t0)
+    return SearchResult(data, recipe, trials, within, chosen, time.perf_counter() - t0, judge.judged,
+                        len(judge.labels) - judge.judged)
 
 
 def _recipe_dict(recipe: Recipe) -> dict:

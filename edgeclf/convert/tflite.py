@@ -329,6 +329,9 @@ def export(fmt, job) -> Artifact:
                         recipe=recipe, search=[t.to_dict() for t in trials])
     if fmt.precision == "int8":
         artifact.extra["calibration_images"] = recipe.calibration_images
+        if fmt.name in job.searches:
+            search = job.searches[fmt.name]
+            artifact.extra.update(selection_images=search.judged, selection_unstable=search.unstable)
         if job.qat_info is not None:
             artifact.extra["qat"] = job.qat_info
     data = metadata.add_tflite_metadata(data, job.bundle, artifact)
