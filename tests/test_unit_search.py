@@ -1,0 +1,136 @@
+"""Fast unit tier: the int8 search's decisions (edgeclf.convert.search) on synthetic candidates.
+
+The real Judge measures every candidate; only the runtime call is replaced: each candidate's "model file"
+is a key into a table of predictions per image (an image's index is written in its first pixel)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeclf.contract import Artifact, Bundle, InputSpec, Recipe
+from edgeclf.convert import search
+
+N = 100
+LABELS = np.array([i % 2 for i in range(N)])
+
+
+def _probs(pred: np.ndarray) -> np.ndarray:
+    p = np.full((len(pred), 2), 0.1, np.float32)
+    p[np.arange(len(pred)), pred] = 0.9
+    return p
+
+
+REFERENCE = LABELS.copy()
+REFERENCE[:4] = 1 - REFERENCE[:4]  # the float model: 96 % right
+
+
+def _flips(k: int, start: int = 10) -> np.ndarray:
+    """The reference's predictions with ``k`` right answers made wrong (a drop of k points on 100 images)."""
+    pred = REFERENCE.copy()
+    pred[start:start + k] = 1 - pred[start:start + k]
+    return pred
+
+
+@pytest.fixture()
+def judge(tmp_path, monkeypatch):
+    table: dict[bytes, tuple[np.ndarray, float]] = {}
+
+    def fake_run(self, data, images, latency):
+        pred, p50 = table[data]
+        return _probs(pred[images[:, 0, 0, 0].astype(int)]), (p50 if latency else None)
+
+    monkeypatch.setattr(search.Judge, "_run", fake_run)
+    images = np.zeros((N, 2, 2, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(N)
+    j = search.Judge(Bundle(["a", "b"], InputSpec(2, 2)), Artifact("m.tflite", "tflite", "int8"), images, LABELS,
+                     _probs(REFERENCE), budget_pt=0.5, work_dir=tmp_path)
+    j.table = table
+    return j
+
+
+def cand(judge, name: str, pred: np.ndarray, tier: int = 0, p50: float = 1.0, size: int = 10, **recipe):
+    data = name.encode() + b"." * size
+    judge.table[data] = (pred, p50)
+    return search.Candidate(Recipe("test", name, **recipe), lambda: data, tier=tier)
+
+
+def test_the_first_candidate_within_budget_wins(judge):
+    ladder = [cand(judge, "A", _flips(3)), cand(judge, "B", _flips(0)), cand(judge, "C", _flips(0), tier=1)]
+    result = search.run_search(judge, ladder)
+    assert result.within_budget and result.chosen.label.startswith("B")
+    assert [t.outcome for t in result.trials] == ["over budget", "chosen"]  # C was never built
+    assert result.trials[0].selection_drop_pt == 3.0 and result.trials[0].selection_agreement == 0.97
+
+
+def test_same_speed_tie_goes_to_the_smaller_and_slower_ones_are_named(judge):
+    big = cand(judge, "A", _flips(0), size=50)
+    small = cand(judge, "B", _flips(0), size=5)
+    slower = cand(judge, "C", _flips(0), tier=3)
+    judge.measure(slower)  # measured ahead (e.g. to time the formats), judged in ladder order
+    judge.measure(small)
+    result = search.run_search(judge, [big, small, slower])
+    assert result.chosen.label.startswith("B")
+    outcomes = {t.label[0]: t.outcome for t in result.trials}
+    assert outcomes == {"C": "within budget, slower", "B": "chosen", "A": "within budget, larger"}
+    assert [t.label[0] for t in result.trials] == ["C", "B", "A"]  # the trace is in measurement order
+
+
+def test_nothing_within_budget_keeps_the_most_accurate_and_never_a_collapsed_one(judge):
+    collapsed = np.zeros(N, int)  # one class for everything
+    ladder = [cand(judge, "A", collapsed), cand(judge, "B", _flips(3)), cand(judge, "C", _flips(2), tier=1),
+              cand(judge, "D", _flips(2), tier=2)]
+    result = search.run_search(judge, ladder)
+    assert not result.within_budget and result.chosen.label.startswith("C")  # same drop as D, expected faster
+    assert [t.outcome for t in result.trials] == ["collapsed", "over budget", "kept (best, over budget)", "over budget"]
+    assert "predicts 'a' for 100% of the selection images" in result.trials[0].note
+
+
+def test_every_candidate_failing_is_no_model(judge):
+    def broken():
+        raise search.EdgeclfError("converter says no")
+
+    result = search.run_search(judge, [search.Candidate(Recipe("test", "X"), broken)])
+    assert result.data is None and result.trials[0].outcome == "failed" and "converter says no" in result.trials[0].note
+
+
+def test_unstable_images_are_left_out_of_the_judgement(judge):
+    judge.stable = np.ones(N, bool)
+    judge.stable[10:13] = False  # three images the float model itself flips under pixel noise
+    result = search.run_search(judge, [cand(judge, "A", _flips(3))])
+    assert result.within_budget and result.judged == 97 and result.unstable == 3
+    assert result.chosen.selection_drop_pt == 0.0
+
+
+def test_fallback_ranks_groups_and_reranks_after_the_helpful_ones(judge):
+    """A model broken on images 20..59 by group g1 (and, once g1 is float, on 10..14 by g2): the ranking
+    finds g1 first, the re-ranking then finds g2, and the candidates keep both in float."""
+    def pred_for(nodes):
+        pred = REFERENCE.copy()
+        if "g1" not in nodes:
+            pred[20:60] = 1 - pred[20:60]
+        if "g2" not in nodes:
+            pred[10:15] = 1 - pred[10:15]
+        return pred
+
+    def build(nodes):
+        data = ("|".join(sorted(nodes))).encode() + b"#"
+        judge.table[data] = (pred_for(nodes), 1.0 + 0.1 * len(nodes))
+        return data
+
+    base = Recipe("test", "base")
+    judge.measure(search.Candidate(base, lambda: build(())))
+    groups = [("g0",), ("g2",), ("g1",), ("g3",)]
+    candidates = list(search.fallback(judge, base, groups, build,
+                                      lambda chosen: Recipe("test", "base", float_layers=tuple(n for g in chosen for n in g))))
+    floats = [c.recipe.float_layers for c in candidates]
+    assert floats[0] == ("g1",)  # round 1: only reverting g1 helps on the images furthest from float
+    assert ("g1", "g2") in floats  # round 2, re-ranked from the best so far
+    result = search.run_search(judge, iter(candidates))
+    assert result.within_budget and result.recipe.float_layers == ("g1", "g2")
+
+
+def test_doubling():
+    assert list(search.doubling(8)) == [1, 2, 4, 8]
+    assert list(search.doubling(5)) == [1, 2, 4, 5]
+    assert list(search.doubling(1)) == [1]
+    assert list(search.doubling(0)) == []
