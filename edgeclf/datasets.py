@@ -8,7 +8,6 @@ the archive in; an archive put there by hand is checked against its SHA-256 and 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeclf.errors import EdgeclfError
+from edgeclf.fsutil import sha256
 
 DOWNLOAD_TIMEOUT = 30  # seconds without data before a download is given up
 
@@ -45,14 +45,6 @@ ARCHIVES = {a.name: a for a in [
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGECLF_CACHE") or Path.home() / ".cache" / "edgeclf").expanduser()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download(archive: Archive, url: str, target: Path) -> None:
@@ -103,7 +95,7 @@ def fetch(name: str, url: str | None = None) -> Path:
     url = url or os.environ.get(f"EDGECLF_{name.upper()}_URL") or archive.url
     if not tgz.is_file():
         _download(archive, url, tgz)
-    digest = _sha256(tgz)
+    digest = sha256(tgz)
     if digest != archive.sha256:
         raise EdgeclfError(f"{tgz}: sha256 {digest[:16]}… is not the expected {archive.sha256[:16]}… "
                            f"(incomplete or another file): delete it and fetch {url} again")

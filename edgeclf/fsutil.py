@@ -1,6 +1,7 @@
 """Atomic file writes: a killed process never leaves a file that looks complete."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -52,3 +53,12 @@ def write_text(target: str | Path, text: str) -> Path:
 
 def write_json(target: str | Path, obj) -> Path:
     return write_text(target, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

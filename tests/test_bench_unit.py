@@ -239,9 +239,9 @@ def test_ssh_command_and_remote_quoting():
 
 
 def test_remote_python_under_the_local_home_is_the_device_home():
-    assert remote.unexpand_home("/home/me/edgeclf-env/bin/python", "/home/me") == "~/edgeclf-env/bin/python"
-    assert remote.unexpand_home("/home/me2/env/bin/python", "/home/me") == "/home/me2/env/bin/python"
-    assert remote.unexpand_home("/opt/env/bin/python", "/home/me") == "/opt/env/bin/python"
+    assert remote.unexpand_home("/srv/me/edgeclf-env/bin/python", "/srv/me") == "~/edgeclf-env/bin/python"
+    assert remote.unexpand_home("/srv/me2/env/bin/python", "/srv/me") == "/srv/me2/env/bin/python"
+    assert remote.unexpand_home("/opt/env/bin/python", "/srv/me") == "/opt/env/bin/python"
     assert remote.unexpand_home("python3", "/") == "python3"
 
 

@@ -10,7 +10,6 @@ split -> write ``labels.txt`` and ``edgeclf.json`` last.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,14 +74,6 @@ class ExportResult:
 
     def row(self, name: str) -> ExportRow:
         return next(r for r in self.rows if r.name == name)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_keras(path: Path):
@@ -260,7 +251,7 @@ def export_model(options: ExportOptions) -> ExportResult:
             continue
         path = out_dir / fmt.file
         artifact.bytes = path.stat().st_size
-        artifact.sha256 = _sha256(path)
+        artifact.sha256 = fsutil.sha256(path)
         artifact.extra["export_seconds"] = round(time.perf_counter() - t, 1)
         artifacts.append((fmt, artifact))
 

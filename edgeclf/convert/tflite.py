@@ -100,22 +100,26 @@ def convert(keras_model, precision: str, calibration=None, io: str = "uint8") ->
     elif precision == "int8":
         if calibration is None or not len(calibration):
             raise EdgeclfError("int8 TFLite needs calibration images")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = calibration.representative_dataset()
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter = _calibrating_converter(keras_model, calibration, tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
         converter.inference_input_type = converter.inference_output_type = _io_dtype(io)
     elif precision != "fp32":
         raise ValueError(f"unknown TFLite precision {precision!r}")
     return _run_converter(converter, precision)
 
 
-def calibrate(keras_model, calibration) -> bytes:
-    """The float model with activation ranges measured on ``calibration`` (not quantized yet)."""
+def _calibrating_converter(keras_model, calibration, ops):
+    """A converter that quantizes with ranges measured on ``calibration``, to the op set ``ops``."""
     tf = _tf()
     converter = _converter(keras_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = calibration.representative_dataset()
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.target_spec.supported_ops = [ops]
+    return converter
+
+
+def calibrate(keras_model, calibration) -> bytes:
+    """The float model with activation ranges measured on ``calibration`` (not quantized yet)."""
+    converter = _calibrating_converter(keras_model, calibration, _tf().lite.OpsSet.TFLITE_BUILTINS_INT8)
     converter._experimental_calibrate_only = True
     return _run_converter(converter, "int8 calibration")
 
@@ -138,12 +142,8 @@ def quantize(calibrated: bytes, io: str, float_nodes: tuple[str, ...] = ()) -> b
 
 def convert_16x8(keras_model, calibration) -> bytes:
     """16-bit activations, 8-bit weights, float input and output (the mode takes no 8-bit IO)."""
-    tf = _tf()
-    converter = _converter(keras_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = calibration.representative_dataset()
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    return _run_converter(converter, "int16x8")
+    ops = _tf().lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    return _run_converter(_calibrating_converter(keras_model, calibration, ops), "int16x8")
 
 
 def flex_ops(model_bytes: bytes) -> list[str]:
