@@ -71,7 +71,7 @@ def _wait_for_epoch(run: Path, epoch: int, proc, timeout: float = 240) -> None:
             except json.JSONDecodeError:
                 pass
         if proc.poll() is not None:
-            raise AssertionError(f"training ended before epoch {epoch}: {proc.stderr.read()}")
+            raise AssertionError(f"training ended before epoch {epoch} (exit {proc.returncode})")
         time.sleep(0.2)
     raise AssertionError(f"no epoch {epoch} within {timeout}s")
 
@@ -81,7 +81,8 @@ def test_resume_after_kill_9(tmp_path, hymenoptera):
     project = tmp_path / "runs"
     cmd = [sys.executable, "-m", "edgeclf", "train", str(hymenoptera), "--model", "simple_cnn", "--imgsz", "64",
            "--epochs", "6", "--patience", "99", "--project", str(project), "--name", "killed"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(tmp_path / "first.log", "w+")  # a file, not a pipe: the training log must never block on it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     run = project / "killed"
     try:
         _wait_for_epoch(run, 2, proc)
@@ -91,7 +92,7 @@ def test_resume_after_kill_9(tmp_path, hymenoptera):
     done_before = json.loads((run / "state.json").read_text())["epoch"]
     assert 2 <= done_before < 6 and not json.loads((run / "state.json").read_text())["done"]
     resumed = edgeclf("train", "--resume", str(run))
-    assert f"resuming {run} after epoch {done_before}" in resumed.stdout
+    assert f"resuming {run} after epoch {done_before}" in resumed.stderr
     with open(run / "results.csv") as fh:
         epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
     assert epochs == [1, 2, 3, 4, 5, 6]  # nothing lost, nothing repeated
@@ -100,7 +101,27 @@ def test_resume_after_kill_9(tmp_path, hymenoptera):
     report = json.loads((run / "report.json").read_text())
     assert report["images"] == 153 and report["top1"] > 0.5
     again = edgeclf("train", "--resume", str(run))
-    assert "already finished" in again.stdout
+    assert "already finished" in again.stderr
+
+
+def test_resume_after_the_last_epoch_writes_the_report(small_run, tmp_path):
+    """Killed after the last epoch, before report.json: --resume evaluates the best weights and reports."""
+    import shutil
+
+    run = tmp_path / "small"
+    shutil.copytree(small_run, run)
+    state = json.loads((run / "state.json").read_text())
+    state["done"] = False
+    (run / "state.json").write_text(json.dumps(state))
+    (run / "report.json").unlink()
+    resumed = edgeclf("train", "--resume", str(run))
+    assert "Traceback" not in resumed.stderr
+    report, original = (json.loads((r / "report.json").read_text()) for r in (run, small_run))
+    assert report["images"] == 153 and report["best_epoch"] == original["best_epoch"]
+    assert abs(report["top1"] - original["top1"]) <= 1 / 153  # the same best weights, evaluated again
+    assert json.loads((run / "state.json").read_text())["done"]
+    with open(run / "results.csv") as fh, open(small_run / "results.csv") as ref:
+        assert fh.read() == ref.read()  # no epoch trained again
 
 
 # One big backbone on each path: InceptionResNetV2 the plain way (--no-cache), EfficientNetB0 on cached features.

@@ -14,6 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from edgeclf.log import get_logger
+
+log = get_logger(__name__)
 
 @dataclass
 class Cut:
@@ -143,7 +146,8 @@ def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], list[np
     try:
         return TFLiteRunner(bottom, batch=batch), "litert"
     except Exception as exc:  # a layer TFLite cannot convert: Keras still works, slower
-        print(f"note: feature cache falls back to Keras ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        log.warning(f"the feature cache falls back to Keras, slower ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:120]})")
 
         def run(x):
             out = bottom.predict(x, batch_size=batch, verbose=0)
@@ -201,29 +205,30 @@ def _batches(paths: list[str], size: int, resize: str, views: int, augment, batc
                 thread.join(0.05)
 
 
-def cache_features(model, cuts: list[Cut], train_paths: list[str], val_paths: list[str], size: int, resize: str,
-                   augmenter=None, views: int = 0, batch: int = 64, progress=None):
-    """Features at every cut for each training image (clean, then ``views`` augmented copies) and each
-    validation image, from one decode and one LiteRT pass. Returns (train, val, engine name), where
-    train[i] / val[i] are float16 arrays for cuts[i]; train rows are view-major (view 0 = clean)."""
+def cache_features(model, cuts: list[Cut], splits: dict[str, list[str]], size: int, resize: str,
+                   augmenter=None, views: int = 0, batch: int = 64, advance: Callable[[int], None] | None = None):
+    """Features at every cut for the images of each split, from one decode and one LiteRT pass.
+
+    ``splits["train"]`` gets the clean image and ``views`` augmented copies (rows view-major: view 0 is
+    the clean one), the other splits the clean image only. Returns ({split: [float16 array per cut]},
+    engine name).
+    """
     import keras
 
     bottom = keras.Model(model.input, [c.tensor for c in cuts], name="bottom")
     engine, name = make_engine(bottom)
     views = views if augmenter is not None else 0
     augment = _augment_fn(augmenter, size) if views else None
-    task = progress.add_task("caching features", total=len(train_paths) * (1 + views) + len(val_paths)) if progress else None
-    per_view: list[list[list[np.ndarray]]] = [[[] for _ in range(1 + views)] for _ in cuts]
-    for v, images in _batches(train_paths, size, resize, views, augment, batch):
-        for ci, out in enumerate(engine(images)):
-            per_view[ci][v].append(out.astype(np.float16))
-        if progress is not None:
-            progress.advance(task, len(images))
-    val_parts: list[list[np.ndarray]] = [[] for _ in cuts]
-    for _, images in _batches(val_paths, size, resize, 0, None, batch):
-        for ci, out in enumerate(engine(images)):
-            val_parts[ci].append(out.astype(np.float16))
-        if progress is not None:
-            progress.advance(task, len(images))
-    train = [np.concatenate([np.concatenate(pv) for pv in per_view[ci]]) for ci in range(len(cuts))]
-    return train, [np.concatenate(v) for v in val_parts], name
+    out: dict[str, list[np.ndarray]] = {}
+    for split, paths in splits.items():
+        split_views = views if split == "train" else 0
+        parts: list[list[list[np.ndarray]]] = [[[] for _ in range(1 + split_views)] for _ in cuts]
+        for v, images in _batches(paths, size, resize, split_views, augment if split_views else None, batch):
+            for ci, feats in enumerate(engine(images)):
+                parts[ci][v].append(feats.astype(np.float16))
+            if advance is not None:
+                advance(len(images))
+        out[split] = [np.concatenate([np.concatenate(pv) for pv in per_view]) if paths
+                      else np.zeros((0, *c.tensor.shape[1:]), np.float16)
+                      for c, per_view in zip(cuts, parts)]
+    return out, name

@@ -1,108 +1,122 @@
 """Transfer-learning fine-tuning: a frozen stage, then a fine-tuning stage, resumable.
 
-Stage 1 trains the head on a frozen backbone; stage 2 unfreezes the top ``--unfreeze`` layers at a
-lower learning rate (batch-norm layers stay frozen, in inference mode). Wherever the frozen part of
-the network sits below a single-tensor cut, its output is computed once per image and augmented view
-by LiteRT (see :mod:`edgeclf.train.features`) and only the part above the cut trains in Keras.
+``train`` reads like the README's training section:
+
+1. prepare the run folder (scan the data, save the settings and the split), or resume one;
+2. build the model (ImageNet weights, or the checkpoint a resumed run continues from);
+3. cache features: wherever the frozen part of the network sits below a single-tensor cut, its output
+   is computed once per image and augmented view by LiteRT (:mod:`edgeclf.train.features`), so that
+   only the part above the cut trains in Keras;
+4. run each stage (stage 1 trains the head on the frozen backbone; stage 2 unfreezes the top
+   ``--unfreeze`` layers at a lower learning rate, batch-norm layers frozen, in inference mode);
+5. evaluate the best weights on the validation (and test) split;
+6. report: ``report.json``, the plots.
 
 After every epoch ``weights/last.keras``, ``weights/best.keras`` (on validation accuracy),
-``results.csv`` and ``state.json`` are written atomically, so ``--resume`` after a kill loses at most
-the epoch that was running.
+``results.csv`` and ``state.json`` are written atomically (:mod:`edgeclf.train.state`), so ``--resume``
+after a kill loses at most the epoch that was running.
 """
 from __future__ import annotations
 
-import csv
-import io
-import math
+import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 
-from edgeclf import fsutil
+from edgeclf import fsutil, metrics, rundir
 from edgeclf.config import TrainConfig
-from edgeclf.data.dataset import Dataset, print_report, scan
+from edgeclf.data.dataset import Dataset, format_report, scan
 from edgeclf.errors import EdgeclfError
+from edgeclf.log import get_logger
 from edgeclf.models.registry import get_backbone
-from edgeclf import metrics, rundir
 from edgeclf.rundir import RunInfo
-from edgeclf.train import report as reporting
+from edgeclf.train.stages import Stage, lr_at, plan_stages  # noqa: F401  (part of this module's API)
+from edgeclf.train.state import EpochRecorder, RunState
 
-RESULT_FIELDS = ["epoch", "stage", "stage_epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-                 "elapsed"]  # elapsed: wall seconds since training started, feature caching included
+log = get_logger(__name__)
+
+# progress(description, total) -> a context manager yielding advance(n): how a caller shows long steps
+Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
+
+
+def no_progress(description: str, total: int) -> ContextManager[Callable[[int], None]]:
+    return contextlib.nullcontext(lambda n: None)
 
 
 @dataclass
-class Stage:
-    name: str  # frozen | fine_tune | scratch
-    epochs: int
-    lr: float
-    unfreeze: int | str
+class Run:
+    """A run folder being trained: its settings, data split, state and plan."""
+
+    dir: Path
+    cfg: TrainConfig
+    data: Dataset
+    state: RunState
+    stages: list[Stage] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.stages = self.stages or plan_stages(self.cfg)
 
 
-def plan_stages(cfg: TrainConfig) -> list[Stage]:
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress | None = None) -> RunInfo:
+    """Train per ``cfg`` (or resume the run folder ``resume``; ``"last"``: the latest under
+    ``cfg.project``) and return the finished run."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run = resume_run(resume, cfg.project) if resume is not None else prepare_run(cfg)
+    if run.state.done:
+        log.info(f"{run.dir} has already finished training; nothing to resume")
+        return rundir.load_run(run.dir)
+    session = _Session(run, progress or no_progress)
+    session.build_model()
+    session.cache_features()
+    for stage_index in range(run.state.stage, len(run.stages)):
+        session.run_stage(stage_index)
+    report = session.evaluate()
+    session.write_report(report)
+    return rundir.load_run(run.dir)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Settings a run cannot start with: one-line errors before anything is written."""
     backbone = get_backbone(cfg.model)
-    if backbone.constructor is None:  # trained from scratch: one stage, every layer
-        return [Stage("scratch", cfg.epochs, cfg.lr, "all")]
-    stages = [Stage("frozen", cfg.epochs, cfg.lr, 0)]
-    if cfg.fine_tune_epochs > 0:
-        unfreeze = "all" if str(cfg.unfreeze) == "all" else int(cfg.unfreeze)
-        stages.append(Stage("fine_tune", cfg.fine_tune_epochs, cfg.fine_tune_lr, unfreeze))
-    return stages
+    cfg.imgsz = int(cfg.imgsz or backbone.size)
+    if cfg.imgsz < backbone.min_size:
+        raise EdgeclfError(f"{cfg.model} needs --imgsz of at least {backbone.min_size}")
+    if cfg.optimizer not in ("adam", "rmsprop"):
+        raise EdgeclfError(f"--optimizer must be adam or rmsprop (got {cfg.optimizer})")
+    if str(cfg.unfreeze) != "all" and not str(cfg.unfreeze).isdigit():
+        raise EdgeclfError(f"--unfreeze takes a number of layers or 'all' (got {cfg.unfreeze})")
+    if cfg.cache_views < 0:
+        raise EdgeclfError(f"--cache-views must be 0 or more (got {cfg.cache_views})")
 
 
-def lr_at(epoch: int, stage: Stage, cfg: TrainConfig) -> float:
-    """Cosine decay with a linear warmup, per epoch (resumable: a function of the epoch only)."""
-    warm = min(cfg.warmup_epochs, max(stage.epochs - 1, 0))
-    if epoch < warm:
-        return stage.lr * (epoch + 1) / (warm + 1)
-    span = max(stage.epochs - warm, 1)
-    return stage.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span)))
+def prepare_run(cfg: TrainConfig) -> Run:
+    """Scan the data and create the run folder with the settings, data report and exact split."""
+    check_config(cfg)
+    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+    log.info(format_report(ds.report))
+    run_dir = rundir.new_run_dir(cfg.project, cfg.name)
+    cfg.data = str(Path(cfg.data).resolve())
+    cfg.save(run_dir / rundir.ARGS)
+    fsutil.write_json(run_dir / rundir.DATA_REPORT, ds.report.to_dict())
+    ds.save(run_dir / rundir.SPLIT)
+    log.info(f"run folder: {run_dir}")
+    return Run(run_dir, cfg, ds, RunState())
 
 
-def _console(console):
-    if console is not None:
-        return console
-    from rich.console import Console
-
-    return Console(soft_wrap=True)
-
-
-def _load_state(run_dir: Path) -> dict:
-    p = run_dir / rundir.STATE
-    if p.is_file():
-        import json
-
-        return json.loads(p.read_text())
-    return {"stage": 0, "stage_epoch": 0, "epoch": 0, "best_val_acc": -1.0, "best_epoch": -1,
-            "since_best": 0, "done": False, "train_seconds": 0.0}
-
-
-def _read_results(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= upto_epoch]
-
-
-def _write_results(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    fsutil.write_text(path, buf.getvalue())
-
-
-def _save_model(model, path: Path) -> None:
-    with fsutil.atomic_path(path) as tmp:
-        model.save(tmp)
-
-
-def _class_weights(ds: Dataset, k: int) -> dict[int, float]:
-    counts = np.bincount([s.label for s in ds.train], minlength=k).astype(float)
-    return {i: float(counts.sum() / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
+def resume_run(resume: str | Path, project: str | Path) -> Run:
+    """The run folder ``resume`` (``"last"``: the latest under ``project``) as it was left."""
+    run_dir = rundir.latest_run(project) if str(resume) == "last" else Path(resume)
+    info = rundir.load_run(run_dir)
+    state = RunState.load(run_dir)
+    if not state.done:
+        if state.epoch > 0 and not (run_dir / rundir.LAST).is_file():
+            raise EdgeclfError(f"{run_dir}: {rundir.LAST} is missing; cannot resume")
+        log.info(f"resuming {run_dir} after epoch {state.epoch}")
+    return Run(run_dir, info.config, info.dataset(), state)
 
 
 def _strategy():
@@ -114,236 +128,177 @@ def _strategy():
     return tf.distribute.get_strategy()
 
 
-class _Progress:
-    """Feature extraction progress bars (rich), quiet when not on a terminal."""
+@dataclass
+class _StageInputs:
+    """What one stage fits on: the cached features above its cut, or the images themselves."""
 
-    def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=console, transient=True,
-                                 disable=not console.is_terminal)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self.progress
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+    cut: object | None  # features.Cut
+    x_train: np.ndarray | None = None
+    x_val: np.ndarray | None = None
+    x_test: np.ndarray | None = None
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, console=None) -> RunInfo:
-    """Train per ``cfg`` (or resume the run folder ``resume``) and return the run."""
-    console = _console(console)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if resume is not None:
-        run_dir = Path(resume)
-        if str(resume) == "last":
-            run_dir = rundir.latest_run(cfg.project)
-        info = rundir.load_run(run_dir)
-        cfg = info.config
-        ds = info.dataset()
-        state = _load_state(run_dir)
-        if state.get("done"):
-            console.print(f"{run_dir} has already finished training; nothing to resume")
-            return info
-        if not (run_dir / rundir.LAST).is_file() and state["epoch"] > 0:
-            raise EdgeclfError(f"{run_dir}: {rundir.LAST} is missing; cannot resume")
-        console.print(f"resuming {run_dir} after epoch {state['epoch']}")
-    else:
-        backbone = get_backbone(cfg.model)
-        cfg.imgsz = int(cfg.imgsz or backbone.size)
-        if cfg.imgsz < backbone.min_size:
-            raise EdgeclfError(f"{cfg.model} needs --imgsz of at least {backbone.min_size}")
-        if cfg.optimizer not in ("adam", "rmsprop"):
-            raise EdgeclfError(f"--optimizer must be adam or rmsprop (got {cfg.optimizer})")
-        ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
-        print_report(ds.report, console)
-        run_dir = rundir.new_run_dir(cfg.project, cfg.name)
-        cfg.data = str(Path(cfg.data).resolve())
-        cfg.save(run_dir / rundir.ARGS)
-        fsutil.write_json(run_dir / rundir.DATA_REPORT, ds.report.to_dict())
-        ds.save(run_dir / rundir.SPLIT)
-        state = _load_state(run_dir)
-        console.print(f"run folder: {run_dir}")
+class _Session:
+    """The steps of :func:`train` on one run, sharing the model and the cached features."""
 
-    import keras
+    def __init__(self, run: Run, progress: Progress):
+        self.run, self.cfg, self.progress = run, run.cfg, progress
+        self.ds = run.data
+        self.size, self.k = int(self.cfg.imgsz), len(self.ds.classes)
+        self.y = {split: np.array([s.label for s in self.ds.split(split)]) for split in ("train", "val", "test")}
+        self.inputs: dict[int, _StageInputs] = {}
+        self.views = 0
 
-    from edgeclf.data.pipeline import image_dataset, make_augmenter
-    from edgeclf.models.build import HeadSpec, build_classifier, set_trainable
-    from edgeclf.train import features
-
-    keras.utils.set_random_seed(cfg.seed)
-    size, k = int(cfg.imgsz), len(ds.classes)
-    strategy = _strategy()
-    with strategy.scope():
-        model = build_classifier(cfg.model, size, k, "none" if state["epoch"] > 0 else cfg.weights,
-                                 HeadSpec(cfg.head_units, cfg.dropout))
-        if state["epoch"] > 0:
-            model.load_weights(run_dir / rundir.LAST)
-    augmenter = make_augmenter(cfg.flip, cfg.rotation, cfg.zoom, cfg.contrast, cfg.seed) if cfg.augment else None
-    class_weight = _class_weights(ds, k) if cfg.class_weights == "auto" else None
-    results_path = run_dir / rundir.RESULTS
-    rows = _read_results(results_path, state["epoch"])
-    stages = plan_stages(cfg)
-    t_start = time.time() - float(state.get("train_seconds", 0.0))
-    eval_fn = None
-
-    # Every stage's cut, found up front, so one decode and one LiteRT pass cache them all.
-    remaining = [(si, st) for si, st in enumerate(stages) if si >= state["stage"]]
-    cuts: dict[int, features.Cut] = {}
-    if cfg.cache:
-        for si, stage in remaining:
-            set_trainable(model, stage.unfreeze)
-            cut = features.find_cut(model)
-            if cut is not None and not cut.trivial:
-                cuts[si] = cut
-    cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    y_train = np.array([s.label for s in ds.train])
-    y_val = np.array([s.label for s in ds.val])
-    if cuts:
-        unique = sorted({c.index: c for c in cuts.values()}.values(), key=lambda c: c.index)
-        views = cfg.cache_views if augmenter is not None else 0
-        t0 = time.time()
-        with _Progress(console) as progress:
-            tr, va, engine_name = features.cache_features(
-                model, unique, [s.path for s in ds.train], [s.path for s in ds.val], size, cfg.resize,
-                augmenter, views, progress=progress)
-        by_index = {c.index: (t, v) for c, t, v in zip(unique, tr, va)}
-        cached = {si: by_index[c.index] for si, c in cuts.items()}
-        n = (1 + views) * len(ds.train) + len(ds.val)
-        dt = time.time() - t0
-        y_train = np.tile(y_train, 1 + views)
-        console.print(f"cached features at {len(unique)} cut(s) for {n} images ({1 + views} view(s) of train, "
-                      f"val clean) with {engine_name} in {dt:.0f}s ({n / max(dt, 1e-9):.0f} images/s)")
-
-    for si, stage in remaining:
-        trainable = set_trainable(model, stage.unfreeze)
-        cut = cuts.get(si)
-        console.print(f"[b]stage {si + 1}/{len(stages)}: {stage.name}[/b] — {stage.epochs} epochs, lr {stage.lr:g}, "
-                      f"{trainable} backbone layers trainable"
-                      + (f", training above {model.layers[cut.index].name} on cached features" if cut else ""))
-        if cut is not None:
-            x_tr, x_val = cached[si]
-            _, fit_model = features.split_model(model, cut)
-            fit_args = dict(x=x_tr.astype(np.float32), y=keras.utils.to_categorical(y_train, k),
-                            batch_size=cfg.batch, shuffle=True,
-                            validation_data=(x_val.astype(np.float32), keras.utils.to_categorical(y_val, k)))
-            eval_fn = (lambda m=fit_model, xv=x_val: m.predict(xv.astype(np.float32), batch_size=256, verbose=0))
-        else:
-            fit_model = model
-            train_ds = image_dataset(ds.train, size, k, cfg.batch, cfg.resize, shuffle=True, seed=cfg.seed,
-                                     augmenter=augmenter)
-            val_ds = image_dataset(ds.val, size, k, cfg.batch, cfg.resize)
-            fit_args = dict(x=train_ds, validation_data=val_ds)
-            eval_fn = (lambda m=model, vd=val_ds: m.predict(vd, verbose=0))
-        with strategy.scope():
-            opt = (keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop)(stage.lr)
-            fit_model.compile(optimizer=opt,
-                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                              metrics=["accuracy"])
-        callbacks = [_EpochLogger(model, run_dir, stage, si, cfg, state, rows, results_path, console, t_start)]
-        if cfg.schedule == "cosine":
-            callbacks.append(keras.callbacks.LearningRateScheduler(lambda e, _lr, s=stage: lr_at(e, s, cfg)))
-        else:
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.3, patience=2,
-                                                               min_lr=stage.lr * 1e-3))
-        start = state["stage_epoch"] if si == state["stage"] else 0
-        if start < stage.epochs and not state.get("stopped_stage") == si:
-            fit_model.fit(epochs=stage.epochs, initial_epoch=start, callbacks=callbacks, verbose=0,
-                          class_weight=class_weight, **fit_args)
-        # the next stage starts from the best weights so far
-        if (run_dir / rundir.BEST).is_file():
-            model.load_weights(run_dir / rundir.BEST)
-        state.update(stage=si + 1, stage_epoch=0, since_best=0)
-        fsutil.write_json(run_dir / rundir.STATE, state)
-
-    # Evaluate the best model on the validation split (through the last stage's cached features).
-    model.load_weights(run_dir / rundir.BEST)
-    if eval_fn is None:  # resumed after the last stage had finished: run the whole model on LiteRT
-        runner = features.TFLiteRunner(model)
-        eval_fn = (lambda: runner(np.concatenate([x.numpy() for x, _ in image_dataset(ds.val, size, k, 64, cfg.resize)])))
-    probs = eval_fn()
-    rep = metrics.classification_report(probs, y_val, ds.classes)
-    rep.update(model=cfg.model, imgsz=size, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-               train_seconds=round(time.time() - t_start, 1))
-    if ds.test:
-        test_ds = image_dataset(ds.test, size, k, cfg.batch, cfg.resize)
-        rep["test"] = metrics.classification_report(model.predict(test_ds, verbose=0),
-                                                      np.array([s.label for s in ds.test]), ds.classes)
-    fsutil.write_json(run_dir / rundir.REPORT, rep)
-    cm = np.array(rep["confusion_matrix"])
-    reporting.plot_confusion(cm, ds.classes, run_dir / "confusion_matrix.png", normalize=False)
-    reporting.plot_confusion(cm, ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)
-    reporting.plot_results(results_path, run_dir / "results.png")
-    state.update(done=True, train_seconds=rep["train_seconds"])
-    fsutil.write_json(run_dir / rundir.STATE, state)
-    _print_summary(rep, ds.classes, run_dir, console)
-    return rundir.load_run(run_dir)
-
-
-class _EpochLogger:
-    """A Keras callback (duck-typed to keep keras out of module import): logs, checkpoints, early stops."""
-
-    def __new__(cls, *args, **kwargs):
+    # -- the model ------------------------------------------------------------------------------------
+    def build_model(self) -> None:
+        """The classifier, with the weights this run continues from."""
         import keras
 
-        class EpochLogger(keras.callbacks.Callback):
-            def __init__(self, model, run_dir, stage, stage_index, cfg, state, rows, results_path, console, t_start):
-                super().__init__()
-                self.full_model, self.run_dir, self.stage, self.si = model, run_dir, stage, stage_index
-                self.cfg, self.state, self.rows, self.results_path = cfg, state, rows, results_path
-                self.console, self.t_start = console, t_start
-                self.t0 = time.time()
+        from edgeclf.data.pipeline import make_augmenter
+        from edgeclf.models.build import HeadSpec, build_classifier
+        from edgeclf.train.callbacks import save_model
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.time()
+        cfg, state = self.cfg, self.run.state
+        keras.utils.set_random_seed(cfg.seed)
+        self.strategy = _strategy()
+        start = None if state.epoch == 0 else self.run.dir / (rundir.LAST if state.stage_epoch else rundir.BEST)
+        with self.strategy.scope():
+            self.model = build_classifier(cfg.model, self.size, self.k, cfg.weights if start is None else "none",
+                                          HeadSpec(cfg.head_units, cfg.dropout))
+            if start is not None:
+                self.model.load_weights(start)
+        self.augmenter = (make_augmenter(cfg.flip, cfg.rotation, cfg.zoom, cfg.contrast, cfg.seed)
+                          if cfg.augment else None)
+        self.recorder = EpochRecorder(self.run.dir, state, cfg.patience, lambda p: save_model(self.model, p))
 
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                st = self.state
-                st["epoch"] += 1
-                st["stage"], st["stage_epoch"] = self.si, epoch + 1
-                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-                val_acc = float(logs.get("val_accuracy", 0.0))
-                row = {"epoch": st["epoch"], "stage": self.stage.name, "stage_epoch": epoch + 1,
-                       "train_loss": f"{logs.get('loss', 0):.5f}", "train_acc": f"{logs.get('accuracy', 0):.5f}",
-                       "val_loss": f"{logs.get('val_loss', 0):.5f}", "val_acc": f"{val_acc:.5f}", "lr": f"{lr:.3g}",
-                       "seconds": f"{time.time() - self.t0:.1f}", "elapsed": f"{time.time() - self.t_start:.1f}"}
-                self.rows.append(row)
-                _save_model(self.full_model, self.run_dir / rundir.LAST)
-                improved = val_acc > st["best_val_acc"]
-                if improved:
-                    st.update(best_val_acc=val_acc, best_epoch=st["epoch"], since_best=0)
-                    _save_model(self.full_model, self.run_dir / rundir.BEST)
-                else:
-                    st["since_best"] += 1
-                _write_results(self.results_path, self.rows)
-                st["train_seconds"] = round(time.time() - self.t_start, 1)
-                if st["since_best"] >= self.cfg.patience:
-                    st["stopped_stage"] = self.si
-                    self.model.stop_training = True
-                fsutil.write_json(self.run_dir / rundir.STATE, st)
-                self.console.print(
-                    f"{self.stage.name:>9} {epoch + 1:>3}/{self.stage.epochs:<3} loss {logs.get('loss', 0):.4f} "
-                    f"acc {logs.get('accuracy', 0):.4f} | val loss {logs.get('val_loss', 0):.4f} "
-                    f"acc {val_acc:.4f} | lr {lr:.2g} | {time.time() - self.t0:.1f}s" + (" *" if improved else "")
-                    + (" (early stop)" if self.model.stop_training else ""), highlight=False)
+    # -- the feature cache ----------------------------------------------------------------------------
+    def cache_features(self) -> None:
+        """Features at the cut of every stage still to run (and of the last stage, which evaluates),
+        from one decode of each image and one LiteRT pass."""
+        from edgeclf.models.build import set_trainable
+        from edgeclf.train import features
 
-        return EpochLogger(*args, **kwargs)
+        todo = sorted(set(range(self.run.state.stage, len(self.run.stages))) | {len(self.run.stages) - 1})
+        cuts: dict[int, features.Cut] = {}
+        for si in todo:
+            set_trainable(self.model, self.run.stages[si].unfreeze)
+            cut = features.find_cut(self.model) if self.cfg.cache else None
+            cuts[si] = cut if cut is not None and not cut.trivial else None
+            self.inputs[si] = _StageInputs(cuts[si])
+        unique = sorted({c.index: c for c in cuts.values() if c is not None}.values(), key=lambda c: c.index)
+        if not unique:
+            return
+        self.views = self.cfg.cache_views if self.augmenter is not None else 0
+        splits = {"train": [s.path for s in self.ds.train], "val": [s.path for s in self.ds.val],
+                  "test": [s.path for s in self.ds.test]}
+        n = (1 + self.views) * len(splits["train"]) + len(splits["val"]) + len(splits["test"])
+        t0 = time.time()
+        with self.progress("caching features", n) as advance:
+            out, engine_name = features.cache_features(self.model, unique, splits, self.size, self.cfg.resize,
+                                                       self.augmenter, self.views, advance=advance)
+        by_index = {c.index: {split: arrays[i] for split, arrays in out.items()} for i, c in enumerate(unique)}
+        for si, cut in cuts.items():
+            if cut is not None:
+                got = by_index[cut.index]
+                self.inputs[si] = _StageInputs(cut, got["train"], got["val"], got["test"])
+        dt = time.time() - t0
+        log.info(f"cached features at {len(unique)} cut(s) for {n} images ({1 + self.views} view(s) of train, "
+                 f"val clean) with {engine_name} in {dt:.0f}s ({n / max(dt, 1e-9):.0f} images/s)")
+
+    # -- the stages -----------------------------------------------------------------------------------
+    def _fit_model(self, stage_index: int):
+        """The model a stage fits: the top above its cut, or the whole classifier."""
+        from edgeclf.train import features
+
+        cut = self.inputs[stage_index].cut
+        return self.model if cut is None else features.split_model(self.model, cut)[1]
+
+    def run_stage(self, stage_index: int) -> None:
+        """Fit one stage from where it stands, then load the best weights for what follows."""
+        import keras
+
+        from edgeclf.data.pipeline import image_dataset
+        from edgeclf.models.build import set_trainable
+        from edgeclf.train.callbacks import EpochCheckpoint
+
+        cfg, state, stage = self.cfg, self.run.state, self.run.stages[stage_index]
+        if not state.stage_finished(stage_index, stage):
+            trainable = set_trainable(self.model, stage.unfreeze)
+            inputs = self.inputs[stage_index]
+            fit_model = self._fit_model(stage_index)
+            log.info(f"stage {stage_index + 1}/{len(self.run.stages)}: {stage.name} — {stage.epochs} epochs, "
+                     f"lr {stage.lr:g}, {trainable} backbone layers trainable"
+                     + (f", training above {self.model.layers[inputs.cut.index].name} on cached features"
+                        if inputs.cut is not None else ""))
+            if inputs.cut is not None:
+                y_train = np.tile(self.y["train"], 1 + self.views)
+                data = dict(x=inputs.x_train.astype(np.float32), y=keras.utils.to_categorical(y_train, self.k),
+                            batch_size=cfg.batch, shuffle=True,
+                            validation_data=(inputs.x_val.astype(np.float32),
+                                             keras.utils.to_categorical(self.y["val"], self.k)))
+            else:
+                data = dict(x=image_dataset(self.ds.train, self.size, self.k, cfg.batch, cfg.resize, shuffle=True,
+                                            seed=cfg.seed, augmenter=self.augmenter),
+                            validation_data=image_dataset(self.ds.val, self.size, self.k, cfg.batch, cfg.resize))
+            with self.strategy.scope():
+                optimizer = (keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop)(stage.lr)
+                fit_model.compile(optimizer=optimizer, metrics=["accuracy"],
+                                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
+            callbacks = [EpochCheckpoint(self.recorder, stage_index, stage)]
+            if cfg.schedule == "cosine":
+                callbacks.append(keras.callbacks.LearningRateScheduler(
+                    lambda e, _lr: lr_at(e, stage, cfg.warmup_epochs)))
+            else:
+                callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.3, patience=2,
+                                                                   min_lr=stage.lr * 1e-3))
+            class_weight = _class_weights(self.y["train"], self.k) if cfg.class_weights == "auto" else None
+            fit_model.fit(epochs=stage.epochs, initial_epoch=state.start_epoch(stage_index), callbacks=callbacks,
+                          verbose=0, class_weight=class_weight, **data)
+        if (self.run.dir / rundir.BEST).is_file():  # the next stage starts from the best weights so far
+            self.model.load_weights(self.run.dir / rundir.BEST)
+        self.recorder.end_stage(stage_index)
+
+    # -- evaluation and report ------------------------------------------------------------------------
+    def _predict(self, split: str) -> np.ndarray:
+        """Class probabilities of the best model for a split, through the last stage's inputs."""
+        from edgeclf.data.pipeline import image_dataset
+
+        last = len(self.run.stages) - 1
+        inputs = self.inputs[last]
+        if inputs.cut is not None:
+            x = {"val": inputs.x_val, "test": inputs.x_test}[split]
+            return self._fit_model(last).predict(x.astype(np.float32), batch_size=256, verbose=0)
+        samples = self.ds.split(split)
+        return self.model.predict(image_dataset(samples, self.size, self.k, self.cfg.batch, self.cfg.resize,
+                                                cache=False), verbose=0)
+
+    def evaluate(self) -> dict:
+        """``report.json``'s content: the best weights on the validation (and test) split."""
+        self.model.load_weights(self.run.dir / rundir.BEST)
+        state = self.run.state
+        rep = metrics.classification_report(self._predict("val"), self.y["val"], self.ds.classes)
+        rep.update(model=self.cfg.model, imgsz=self.size, best_epoch=state.best_epoch, epochs_run=state.epoch,
+                   train_seconds=round(time.time() - self.recorder.t_start, 1))
+        if self.ds.test:
+            rep["test"] = metrics.classification_report(self._predict("test"), self.y["test"], self.ds.classes)
+        return rep
+
+    def write_report(self, rep: dict) -> None:
+        from edgeclf.train import report as reporting
+
+        run_dir, state = self.run.dir, self.run.state
+        fsutil.write_json(run_dir / rundir.REPORT, rep)
+        cm = np.array(rep["confusion_matrix"])
+        reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix.png", normalize=False)
+        reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)
+        reporting.plot_results(run_dir / rundir.RESULTS, run_dir / "results.png")
+        state.done, state.train_seconds = True, rep["train_seconds"]
+        state.save(run_dir)
+        extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
+        log.info(f"val top-1 {rep['top1']:.2%}{extra}, macro-F1 {rep['macro_f1']:.3f} (best epoch "
+                 f"{rep['best_epoch']} of {rep['epochs_run']}), {rep['train_seconds']:.0f}s of training")
 
 
-def _print_summary(rep: dict, classes: list[str], run_dir: Path, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"best model (epoch {rep['best_epoch']}) on {rep['images']} validation images")
-    for col in ("class", "precision", "recall", "F1", "support"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for c in classes:
-        m = rep["per_class"][c]
-        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    console.print(table)
-    extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
-    console.print(f"[b]val top-1 {rep['top1']:.2%}[/b]{extra}, macro-F1 {rep['macro_f1']:.3f}, "
-                  f"{rep['train_seconds']:.0f}s of training. Results in {run_dir}")
-    console.print(f"next: edgeclf export {run_dir} --int8", highlight=False)
+def _class_weights(y_train: np.ndarray, k: int) -> dict[int, float]:
+    counts = np.bincount(y_train, minlength=k).astype(float)
+    return {i: float(counts.sum() / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
