@@ -124,15 +124,30 @@ def test_resume_after_the_last_epoch_writes_the_report(small_run, tmp_path):
         assert fh.read() == ref.read()  # no epoch trained again
 
 
+@pytest.fixture(scope="module")
+def few_hymenoptera(hymenoptera, tmp_path_factory) -> Path:
+    """Real hymenoptera photos, 12 per class in train and 6 in val: enough to run a big backbone end to end."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("few") / "hymenoptera"
+    for split, n in (("train", 12), ("val", 6)):
+        for cls in ("ants", "bees"):
+            (root / split / cls).mkdir(parents=True)
+            for p in sorted((hymenoptera / split / cls).glob("*.jpg"))[:n]:
+                shutil.copy(p, root / split / cls / p.name)
+    return root
+
+
 # One big backbone on each path: InceptionResNetV2 the plain way (--no-cache), EfficientNetB0 on cached features.
 @pytest.mark.parametrize("model,size,cache", [("inception_resnet_v2", 75, "--no-cache"), ("efficientnet_b0", 64, "--cache")])
-def test_big_backbones_train_end_to_end_without_weights(tmp_path, hymenoptera, model, size, cache):
+def test_big_backbones_train_end_to_end_without_weights(tmp_path, few_hymenoptera, model, size, cache):
     project = tmp_path / "runs"
-    edgeclf("train", str(hymenoptera), "--model", model, "--imgsz", str(size), "--weights", "none", "--epochs", "1",
-            "--fine-tune-epochs", "1", "--unfreeze", "4", "--cache-views", "0", cache, "--project", str(project))
+    edgeclf("train", str(few_hymenoptera), "--model", model, "--imgsz", str(size), "--weights", "none",
+            "--epochs", "1", "--fine-tune-epochs", "1", "--unfreeze", "4", "--cache-views", "0", "--batch", "8", cache,
+            "--project", str(project))
     run = project / "exp"
     report = json.loads((run / "report.json").read_text())
-    assert report["images"] == 153 and report["model"] == model
+    assert report["images"] == 12 and report["model"] == model
     with open(run / "results.csv") as fh:
         assert [r["stage"] for r in csv.DictReader(fh)] == ["frozen", "fine_tune"]
     assert (run / "weights" / "best.keras").stat().st_size > 1_000_000

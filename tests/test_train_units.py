@@ -163,8 +163,12 @@ def _train(run_dir: Path, stages: list[Stage], val_accs: dict[int, float], patie
     """Drive the recorder as the trainer does: resume from state.json, run what is left of each stage,
     optionally die right after global epoch ``kill_after`` was recorded."""
     state = RunState.load(run_dir)
-    saved = []
-    recorder = EpochRecorder(run_dir, state, patience, save_weights=lambda p: saved.append(p.name))
+
+    def save(path: Path) -> None:  # stands for model.save: the weights of the epoch just recorded
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(state.epoch))
+
+    recorder = EpochRecorder(run_dir, state, patience, save_weights=save)
     for si in range(state.stage, len(stages)):
         stage = stages[si]
         if not state.stage_finished(si, stage):
@@ -204,6 +208,7 @@ def test_resume_after_any_epoch_numbers_each_epoch_once(tmp_path, kill_after):
     assert _epochs(run) == expected
     state = json.loads((run / "state.json").read_text())
     assert (state["epoch"], state["best_epoch"], state["stage"]) == (7, 6, 2)
+    assert (run / "weights" / "best.keras").read_text() == "6" and (run / "weights" / "last.keras").read_text() == "7"
 
 
 def test_an_epoch_recorded_in_results_but_not_in_state_runs_once_more_without_a_second_row(tmp_path):

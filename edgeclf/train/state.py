@@ -93,6 +93,13 @@ def write_results(path: Path, rows: list[dict]) -> None:
     fsutil.write_text(path, buf.getvalue())
 
 
+def _copy(src: Path, dst: Path) -> None:
+    import shutil
+
+    with fsutil.atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 @dataclass
 class EpochOutcome:
     epoch: int  # global epoch number, 1-based
@@ -104,8 +111,9 @@ class EpochRecorder:
     """Everything that follows an epoch, whoever runs it: the checkpoints, the row of ``results.csv``,
     ``state.json`` and the early-stopping decision.
 
-    ``save_weights(path)`` writes the model atomically. A worker that is not the chief of a cluster
-    keeps the same state (its decisions must match the chief's) but writes nothing (``writes=False``).
+    ``save_weights(path)`` writes the model atomically; ``best.keras`` is a copy of ``last.keras`` made
+    when validation accuracy improved. A worker that is not the chief of a cluster keeps the same state
+    (its decisions must match the chief's) but writes nothing (``writes=False``).
     """
 
     def __init__(self, run_dir: Path, state: RunState, patience: int, save_weights: Callable[[Path], None],
@@ -142,7 +150,7 @@ class EpochRecorder:
         if self.writes:
             self.save_weights(self.run_dir / rundir.LAST)
             if improved:
-                self.save_weights(self.run_dir / rundir.BEST)
+                _copy(self.run_dir / rundir.LAST, self.run_dir / rundir.BEST)
             write_results(self.run_dir / rundir.RESULTS, self.rows)
             st.save(self.run_dir)
         return EpochOutcome(epoch, improved, stop)

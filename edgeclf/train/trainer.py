@@ -161,12 +161,14 @@ class _Session:
         cfg, state = self.cfg, self.run.state
         keras.utils.set_random_seed(cfg.seed)
         self.strategy = _strategy()
-        start = None if state.epoch == 0 else self.run.dir / (rundir.LAST if state.stage_epoch else rundir.BEST)
+        # a new run starts from cfg.weights, a resumed stage from its last epoch, a new stage from the best
+        start = None if state.epoch == 0 else (rundir.LAST if state.stage_epoch else rundir.BEST)
         with self.strategy.scope():
             self.model = build_classifier(cfg.model, self.size, self.k, cfg.weights if start is None else "none",
                                           HeadSpec(cfg.head_units, cfg.dropout))
             if start is not None:
-                self.model.load_weights(start)
+                self.model.load_weights(self.run.dir / start)
+        self.weights_epoch = {None: 0, rundir.LAST: state.epoch, rundir.BEST: state.best_epoch}[start]
         self.augmenter = (make_augmenter(cfg.flip, cfg.rotation, cfg.zoom, cfg.contrast, cfg.seed)
                           if cfg.augment else None)
         self.recorder = EpochRecorder(self.run.dir, state, cfg.patience, lambda p: save_model(self.model, p))
@@ -254,9 +256,15 @@ class _Session:
             class_weight = _class_weights(self.y["train"], self.k) if cfg.class_weights == "auto" else None
             fit_model.fit(epochs=stage.epochs, initial_epoch=state.start_epoch(stage_index), callbacks=callbacks,
                           verbose=0, class_weight=class_weight, **data)
-        if (self.run.dir / rundir.BEST).is_file():  # the next stage starts from the best weights so far
-            self.model.load_weights(self.run.dir / rundir.BEST)
+            self.weights_epoch = state.epoch
+        self._load_best()  # the next stage starts from the best weights so far
         self.recorder.end_stage(stage_index)
+
+    def _load_best(self) -> None:
+        best = self.run.state.best_epoch
+        if best > 0 and self.weights_epoch != best:
+            self.model.load_weights(self.run.dir / rundir.BEST)
+            self.weights_epoch = best
 
     # -- evaluation and report ------------------------------------------------------------------------
     def _predict(self, split: str) -> np.ndarray:
@@ -274,7 +282,7 @@ class _Session:
 
     def evaluate(self) -> dict:
         """``report.json``'s content: the best weights on the validation (and test) split."""
-        self.model.load_weights(self.run.dir / rundir.BEST)
+        self._load_best()
         state = self.run.state
         rep = metrics.classification_report(self._predict("val"), self.y["val"], self.ds.classes)
         rep.update(model=self.cfg.model, imgsz=self.size, best_epoch=state.best_epoch, epochs_run=state.epoch,
