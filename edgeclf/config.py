@@ -37,11 +37,13 @@ class TrainConfig:
     contrast: float = 0.1
     cache: bool = True  # train on cached backbone features (fast); False: full forward pass every epoch
     cache_views: int = 2  # augmented copies of each training image in the feature cache
+    cache_dir: str | None = None  # the feature cache folder (None: $EDGECLF_CACHE_DIR or ~/.cache/edgeclf)
     val_split: float = 0.2
     seed: int = 0
     resize: str = "bilinear"
     project: str = "runs/train"
     name: str = "exp"
+    distributed: bool = False  # MultiWorkerMirroredStrategy across the hosts TF_CONFIG names
 
     def save(self, path: str | Path) -> Path:
         return fsutil.write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))

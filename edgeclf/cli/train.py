@@ -48,6 +48,10 @@ d = partial(default, TrainConfig)
               help="Train above the frozen layers on features cached once (fast) instead of a full pass per epoch.")
 @click.option("--cache-views", type=click.IntRange(0), default=d("cache_views"), show_default=True,
               help="Augmented views of each training image in the feature cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=str), default=d("cache_dir"),
+              help="Feature cache folder, reused by later runs and --resume "
+                   "[default: $EDGECLF_CACHE_DIR, else ~/.cache/edgeclf].")
+@click.option("--clear-cache", is_flag=True, help="Delete the feature cache folder first (alone: only that).")
 @click.option("--val-split", type=float, default=d("val_split"), show_default=True,
               help="Validation share when DATA is not split.")
 @click.option("--seed", type=int, default=d("seed"), show_default=True)
@@ -55,7 +59,10 @@ d = partial(default, TrainConfig)
 @click.option("--name", default=d("name"), show_default=True, help="Run folder name (exp2, exp3… when taken).")
 @click.option("--resume", "resume", is_flag=False, flag_value="last", default=None, metavar="[RUN_DIR]",
               help="Continue a killed run from its last checkpoint, same settings (alone: the latest run).")
-def command(data, resume, **opts) -> None:
+@click.option("--distributed", is_flag=True, default=d("distributed"),
+              help="Train on the cluster TF_CONFIG describes (MultiWorkerMirroredStrategy; automatic when "
+                   "TF_CONFIG names several tasks). Run the same command on every host.")
+def command(data, resume, clear_cache, **opts) -> None:
     """Fine-tune an ImageNet backbone on DATA (class folders, split into train/ and val/ or not)."""
     import json
 
@@ -66,6 +73,14 @@ def command(data, resume, **opts) -> None:
     from edgeclf.train.report import print_summary
     from edgeclf.train.trainer import check_config, train
 
+    if clear_cache:
+        from edgeclf.train.cache import clear
+
+        folder, freed = clear(opts["cache_dir"])
+        click.echo(f"deleted the feature cache {folder} ({freed / 2**20:.0f} MiB)" if freed
+                   else f"no feature cache at {folder}", err=True)
+        if resume is None and not data:
+            return
     if resume is None and not data:
         raise EdgeclfError("give a DATA folder to train on (or --resume RUN_DIR)")
     cfg = TrainConfig(data=data or "", **{**opts, "unfreeze": str(opts["unfreeze"])})
@@ -73,6 +88,8 @@ def command(data, resume, **opts) -> None:
         check_config(cfg)
     log.quiet_native_stderr()  # before TensorFlow is imported: its C++ start-up chatter
     info = train(cfg, resume=resume, progress=_progress_bar)
+    if info is None:  # a cluster worker: the chief has the run folder
+        return
     report = json.loads((info.dir / rundir.REPORT).read_text(encoding="utf-8"))
     print_summary(report, info.classes, info.dir, Console(soft_wrap=True))
 

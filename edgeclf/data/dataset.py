@@ -38,6 +38,7 @@ class Sample:
     path: str  # absolute
     label: int
     split: str
+    sha256: str = ""  # of the file's bytes, when the scan read it (not kept in split.json)
 
 
 @dataclass
@@ -207,7 +208,7 @@ def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int |
     if layout == "folders" or "val" not in split_dirs:
         good = _stratified_split(good, val_split, seed)
 
-    samples = [Sample(str(f), index[c], s) for s, c, f, _ in good]
+    samples = [Sample(str(f), index[c], s, digest) for s, c, f, digest in good]
     counts = {s: {c: 0 for c in classes} for s in SPLITS if any(g[0] == s for g in good)}
     for s, c, _, _ in good:
         counts[s][c] += 1

@@ -30,6 +30,19 @@ def make_augmenter(flip: bool = True, rotation: float = 0.05, zoom: float = 0.1,
     return keras.Sequential(layers, name="augment") if layers else None
 
 
+def reseed(augmenter, seed: int, stream: int = 0) -> None:
+    """Restart every random layer of ``augmenter`` from a seed derived from (``seed``, ``stream``): the
+    augmentation of a chunk of data then depends on nothing that ran before it."""
+    import keras
+
+    layers = [layer for layer in augmenter.layers
+              if isinstance(getattr(layer, "generator", None), keras.random.SeedGenerator)]
+    states = np.random.SeedSequence([seed, stream]).generate_state(len(layers))
+    for layer, state in zip(layers, states):
+        gen = layer.generator
+        gen.state.assign(np.array([state, 0], dtype=gen.state.dtype))
+
+
 def image_dataset(samples: Sequence[Sample], size: int, num_classes: int, batch: int, resize: str = "bilinear",
                   shuffle: bool = False, seed: int = 0, augmenter=None, cache: bool = True,
                   one_hot: bool = True):

@@ -23,6 +23,10 @@ class Cut:
     tensor: object  # the KerasTensor everything above the cut depends on
     index: int  # layers[: index + 1] are below the cut
     trivial: bool  # the cut is at the (preprocessed) input: caching would save nothing
+    layer: int = -1  # the layer that outputs ``tensor`` (at or below ``index``)
+
+    def name(self, model) -> str:
+        return model.layers[self.layer].name
 
 
 def _producer(tensor):
@@ -65,7 +69,7 @@ def find_cut(model) -> Cut | None:
         alive = [t for p, j, t in spans if p <= b < j]
         if len(alive) == 1:
             prep = next((i for i, l in enumerate(layers) if l.name == "preprocess"), 0)
-            return Cut(alive[0], b, trivial=b <= prep)
+            return Cut(alive[0], b, trivial=b <= prep, layer=pos[id(_producer(alive[0]))])
     return None
 
 
@@ -156,7 +160,7 @@ def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], list[np
         return run, "keras"
 
 
-def _augment_fn(augmenter, size: int):
+def augmentation(augmenter, size: int):
     """The Keras augmentation layers as one compiled graph (about 2x faster than eager here)."""
     import tensorflow as tf
 
@@ -167,7 +171,7 @@ def _augment_fn(augmenter, size: int):
     return lambda x: augment(x).numpy()
 
 
-def _batches(paths: list[str], size: int, resize: str, views: int, augment, batch: int):
+def decoded_batches(paths: list[str], size: int, resize: str, views: int, augment, batch: int):
     """(view, images) for every batch of paths: decoded once, clean first, then each augmented view.
     Produced one step ahead in a thread, so decode and augmentation (TensorFlow, GIL released)
     overlap the LiteRT inference of the previous batch."""
@@ -203,32 +207,3 @@ def _batches(paths: list[str], size: int, resize: str, views: int, augment, batc
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-
-
-def cache_features(model, cuts: list[Cut], splits: dict[str, list[str]], size: int, resize: str,
-                   augmenter=None, views: int = 0, batch: int = 64, advance: Callable[[int], None] | None = None):
-    """Features at every cut for the images of each split, from one decode and one LiteRT pass.
-
-    ``splits["train"]`` gets the clean image and ``views`` augmented copies (rows view-major: view 0 is
-    the clean one), the other splits the clean image only. Returns ({split: [float16 array per cut]},
-    engine name).
-    """
-    import keras
-
-    bottom = keras.Model(model.input, [c.tensor for c in cuts], name="bottom")
-    engine, name = make_engine(bottom)
-    views = views if augmenter is not None else 0
-    augment = _augment_fn(augmenter, size) if views else None
-    out: dict[str, list[np.ndarray]] = {}
-    for split, paths in splits.items():
-        split_views = views if split == "train" else 0
-        parts: list[list[list[np.ndarray]]] = [[[] for _ in range(1 + split_views)] for _ in cuts]
-        for v, images in _batches(paths, size, resize, split_views, augment if split_views else None, batch):
-            for ci, feats in enumerate(engine(images)):
-                parts[ci][v].append(feats.astype(np.float16))
-            if advance is not None:
-                advance(len(images))
-        out[split] = [np.concatenate([np.concatenate(pv) for pv in per_view]) if paths
-                      else np.zeros((0, *c.tensor.shape[1:]), np.float16)
-                      for c, per_view in zip(cuts, parts)]
-    return out, name

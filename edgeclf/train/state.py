@@ -116,9 +116,10 @@ class EpochRecorder:
     (its decisions must match the chief's) but writes nothing (``writes=False``).
     """
 
-    def __init__(self, run_dir: Path, state: RunState, patience: int, save_weights: Callable[[Path], None],
+    def __init__(self, run_dir: Path | None, state: RunState, patience: int, save_weights: Callable[[Path], None],
                  writes: bool = True, t_start: float | None = None):
-        self.run_dir = Path(run_dir)
+        writes = writes and run_dir is not None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.state = state
         self.patience = patience
         self.save_weights = save_weights

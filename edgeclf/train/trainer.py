@@ -51,7 +51,7 @@ def no_progress(description: str, total: int) -> ContextManager[Callable[[int], 
 class Run:
     """A run folder being trained: its settings, data split, state and plan."""
 
-    dir: Path
+    dir: Path | None  # None on a cluster worker that is not the chief: it writes no run folder
     cfg: TrainConfig
     data: Dataset
     state: RunState
@@ -61,22 +61,32 @@ class Run:
         self.stages = self.stages or plan_stages(self.cfg)
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress | None = None) -> RunInfo:
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress | None = None) -> RunInfo | None:
     """Train per ``cfg`` (or resume the run folder ``resume``; ``"last"``: the latest under
-    ``cfg.project``) and return the finished run."""
+    ``cfg.project``) and return the finished run (None on a cluster worker that is not the chief)."""
+    from edgeclf.train.distribute import make_cluster, parse_tf_config
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    run = resume_run(resume, cfg.project) if resume is not None else prepare_run(cfg)
+    if cfg.distributed or parse_tf_config() is not None:
+        if resume is not None:
+            raise EdgeclfError("on a cluster, start the same command again on every worker: the run in "
+                               "--project/--name resumes by itself (no --resume)")
+        cluster = make_cluster(cfg.distributed)  # first: it must exist before TensorFlow runs anything
+        run = open_cluster_run(cfg, cluster)
+    else:
+        run = resume_run(resume, cfg.project) if resume is not None else prepare_run(cfg)
+        cluster = None
     if run.state.done:
-        log.info(f"{run.dir} has already finished training; nothing to resume")
-        return rundir.load_run(run.dir)
-    session = _Session(run, progress or no_progress)
+        log.info(f"{run.dir or cfg.name} has already finished training; nothing to resume")
+        return rundir.load_run(run.dir) if run.dir else None
+    session = _Session(run, cluster or make_cluster(), progress or no_progress)
     session.build_model()
     session.cache_features()
     for stage_index in range(run.state.stage, len(run.stages)):
         session.run_stage(stage_index)
     report = session.evaluate()
     session.write_report(report)
-    return rundir.load_run(run.dir)
+    return rundir.load_run(run.dir) if run.dir else None
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -91,14 +101,21 @@ def check_config(cfg: TrainConfig) -> None:
         raise EdgeclfError(f"--unfreeze takes a number of layers or 'all' (got {cfg.unfreeze})")
     if cfg.cache_views < 0:
         raise EdgeclfError(f"--cache-views must be 0 or more (got {cfg.cache_views})")
+    if cfg.batch < 1:
+        raise EdgeclfError(f"--batch must be 1 or more (got {cfg.batch})")
 
 
-def prepare_run(cfg: TrainConfig) -> Run:
-    """Scan the data and create the run folder with the settings, data report and exact split."""
+def prepare_run(cfg: TrainConfig, exact_name: bool = False) -> Run:
+    """Scan the data and create the run folder with the settings, data report and exact split
+    (``project/name``, or ``name2``, ``name3``… when taken, unless ``exact_name``)."""
     check_config(cfg)
     ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
     log.info(format_report(ds.report))
-    run_dir = rundir.new_run_dir(cfg.project, cfg.name)
+    if exact_name:
+        run_dir = Path(cfg.project) / cfg.name
+        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = rundir.new_run_dir(cfg.project, cfg.name)
     cfg.data = str(Path(cfg.data).resolve())
     cfg.save(run_dir / rundir.ARGS)
     fsutil.write_json(run_dir / rundir.DATA_REPORT, ds.report.to_dict())
@@ -119,93 +136,172 @@ def resume_run(resume: str | Path, project: str | Path) -> Run:
     return Run(run_dir, info.config, info.dataset(), state)
 
 
-def _strategy():
-    import tensorflow as tf
+def open_cluster_run(cfg: TrainConfig, cluster) -> Run:
+    """The run of a cluster: the chief creates ``--project/--name`` or resumes it when it is there (a
+    restarted cluster); the other workers scan the same data and take the chief's state."""
+    from dataclasses import asdict
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    check_config(cfg)
+    if cluster.is_chief:
+        run_dir = Path(cfg.project) / cfg.name
+        if (run_dir / rundir.ARGS).is_file():
+            run = resume_run(run_dir, cfg.project)
+        elif run_dir.is_dir() and any(run_dir.iterdir()):
+            raise EdgeclfError(f"{run_dir} exists and is not a run folder: choose another --name")
+        else:
+            run = prepare_run(cfg, exact_name=True)
+    else:
+        run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed), RunState())
+    cluster.same_everywhere(_fingerprint(run.cfg, run.data), "the training settings or the data split")
+    run.state = RunState(**cluster.broadcast_json(asdict(run.state)))
+    return run
+
+
+def _fingerprint(cfg: TrainConfig, ds: Dataset) -> int:
+    """What every worker of a cluster must agree on: the settings that shape training, and the split."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    local = {"data", "project", "name", "cache_dir", "distributed"}  # may differ from host to host
+    settings = {k: v for k, v in asdict(cfg).items() if k not in local}
+    split = [(os.path.relpath(s.path, ds.root), s.label, s.split) for s in ds.samples]
+    digest = hashlib.sha256(json.dumps([settings, ds.classes, split], sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:6], "big")  # 48 bits: exact in the float64 the all-reduce carries
 
 
 @dataclass
 class _StageInputs:
-    """What one stage fits on: the cached features above its cut, or the images themselves."""
+    """What one stage fits on: the cached features above its cut (one store per split), or images."""
 
     cut: object | None  # features.Cut
-    x_train: np.ndarray | None = None
-    x_val: np.ndarray | None = None
-    x_test: np.ndarray | None = None
+    stores: dict = field(default_factory=dict)  # split -> cache.FeatureStore
 
 
 class _Session:
-    """The steps of :func:`train` on one run, sharing the model and the cached features."""
+    """The steps of :func:`train` on one run, sharing the model, the cluster and the cached features."""
 
-    def __init__(self, run: Run, progress: Progress):
-        self.run, self.cfg, self.progress = run, run.cfg, progress
+    def __init__(self, run: Run, cluster, progress: Progress):
+        self.run, self.cfg, self.cluster, self.progress = run, run.cfg, cluster, progress
         self.ds = run.data
         self.size, self.k = int(self.cfg.imgsz), len(self.ds.classes)
-        self.y = {split: np.array([s.label for s in self.ds.split(split)]) for split in ("train", "val", "test")}
+        # this worker's share of every split (all of it on one machine)
+        self.local = {split: self.ds.split(split)[cluster.rank::cluster.workers] for split in ("train", "val", "test")}
+        self.y = {split: np.array([s.label for s in samples], dtype=np.int64) for split, samples in self.local.items()}
         self.inputs: dict[int, _StageInputs] = {}
         self.views = 0
 
     # -- the model ------------------------------------------------------------------------------------
     def build_model(self) -> None:
-        """The classifier, with the weights this run continues from."""
+        """The classifier, with the weights this run continues from (on a cluster: the chief's)."""
         import keras
 
         from edgeclf.data.pipeline import make_augmenter
         from edgeclf.models.build import HeadSpec, build_classifier
         from edgeclf.train.callbacks import save_model
 
-        cfg, state = self.cfg, self.run.state
+        cfg, state, chief = self.cfg, self.run.state, self.cluster.is_chief
         keras.utils.set_random_seed(cfg.seed)
-        self.strategy = _strategy()
         # a new run starts from cfg.weights, a resumed stage from its last epoch, a new stage from the best
         start = None if state.epoch == 0 else (rundir.LAST if state.stage_epoch else rundir.BEST)
-        with self.strategy.scope():
-            self.model = build_classifier(cfg.model, self.size, self.k, cfg.weights if start is None else "none",
+        with self.cluster.scope():
+            self.model = build_classifier(cfg.model, self.size, self.k,
+                                          cfg.weights if start is None and chief else "none",
                                           HeadSpec(cfg.head_units, cfg.dropout))
-            if start is not None:
+            if start is not None and chief:
                 self.model.load_weights(self.run.dir / start)
+        self.cluster.broadcast_weights(self.model)
         self.weights_epoch = {None: 0, rundir.LAST: state.epoch, rundir.BEST: state.best_epoch}[start]
         self.augmenter = (make_augmenter(cfg.flip, cfg.rotation, cfg.zoom, cfg.contrast, cfg.seed)
                           if cfg.augment else None)
-        self.recorder = EpochRecorder(self.run.dir, state, cfg.patience, lambda p: save_model(self.model, p))
+        self.recorder = EpochRecorder(self.run.dir, state, cfg.patience, lambda p: save_model(self.model, p),
+                                      writes=chief)
+
+    def _load_best(self) -> None:
+        best = self.run.state.best_epoch
+        if best > 0 and self.weights_epoch != best:
+            if self.cluster.is_chief:
+                self.model.load_weights(self.run.dir / rundir.BEST)
+            self.cluster.broadcast_weights(self.model)
+            self.weights_epoch = best
 
     # -- the feature cache ----------------------------------------------------------------------------
     def cache_features(self) -> None:
         """Features at the cut of every stage still to run (and of the last stage, which evaluates),
-        from one decode of each image and one LiteRT pass."""
+        read from the disk cache or computed there: one decode of each image, one LiteRT pass."""
         from edgeclf.models.build import set_trainable
         from edgeclf.train import features
 
         todo = sorted(set(range(self.run.state.stage, len(self.run.stages))) | {len(self.run.stages) - 1})
-        cuts: dict[int, features.Cut] = {}
         for si in todo:
             set_trainable(self.model, self.run.stages[si].unfreeze)
             cut = features.find_cut(self.model) if self.cfg.cache else None
-            cuts[si] = cut if cut is not None and not cut.trivial else None
-            self.inputs[si] = _StageInputs(cuts[si])
-        unique = sorted({c.index: c for c in cuts.values() if c is not None}.values(), key=lambda c: c.index)
-        if not unique:
+            self.inputs[si] = _StageInputs(cut if cut is not None and not cut.trivial else None)
+        cuts = {c.name(self.model): c for c in (i.cut for i in self.inputs.values()) if c is not None}
+        if not cuts:
             return
         self.views = self.cfg.cache_views if self.augmenter is not None else 0
-        splits = {"train": [s.path for s in self.ds.train], "val": [s.path for s in self.ds.val],
-                  "test": [s.path for s in self.ds.test]}
-        n = (1 + self.views) * len(splits["train"]) + len(splits["val"]) + len(splits["test"])
-        t0 = time.time()
-        with self.progress("caching features", n) as advance:
-            out, engine_name = features.cache_features(self.model, unique, splits, self.size, self.cfg.resize,
-                                                       self.augmenter, self.views, advance=advance)
-        by_index = {c.index: {split: arrays[i] for split, arrays in out.items()} for i, c in enumerate(unique)}
-        for si, cut in cuts.items():
-            if cut is not None:
-                got = by_index[cut.index]
-                self.inputs[si] = _StageInputs(cut, got["train"], got["val"], got["test"])
-        dt = time.time() - t0
-        log.info(f"cached features at {len(unique)} cut(s) for {n} images ({1 + self.views} view(s) of train, "
-                 f"val clean) with {engine_name} in {dt:.0f}s ({n / max(dt, 1e-9):.0f} images/s)")
+        stores, report = self._cached_features(cuts)
+        for inputs in self.inputs.values():
+            if inputs.cut is not None:
+                name = inputs.cut.name(self.model)
+                inputs.stores = {split: stores[(split, name)] for split, c in stores if c == name}
+        self.run.state.feature_cache = report.to_dict()
+        what = (f"computed {report.rows_computed} rows with {report.engine} in {report.seconds_computing:.0f}s"
+                + (f", reused {report.rows_reused}" if report.rows_reused else "")
+                if report.rows_computed else f"reused {report.rows_reused} rows, nothing computed")
+        log.info(f"feature cache at {', '.join(cuts)} ({1 + self.views} view(s) of train, val clean): {what} "
+                 f"[{report.dir}]")
+
+    def _cached_features(self, cuts: dict):
+        from edgeclf.data.pipeline import reseed
+        from edgeclf.models.build import build_classifier
+        from edgeclf.train import cache, features
+
+        cfg = self.cfg
+        # LiteRT converts a plain Keras model: on several replicas, a copy outside the strategy
+        source = self.model
+        if self.cluster.distributed:
+            source = build_classifier(cfg.model, self.size, self.k, "none")
+            source.set_weights(self.model.get_weights())
+        versions = _versions()
+        base = {"format": cache.FORMAT, "model": cfg.model, "preprocess": get_backbone(cfg.model).preprocess,
+                "imgsz": self.size, "resize": cfg.resize, "versions": versions}
+        augment = {"flip": cfg.flip, "rotation": cfg.rotation, "zoom": cfg.zoom, "contrast": cfg.contrast}
+        jobs, specs = [], {}
+        for split in ("train", "val", "test"):
+            samples = self.local[split]
+            if split == "test" and not samples:
+                continue
+            views = self.views if split == "train" else 0
+            digests = [s.sha256 for s in samples]
+            if not all(digests):
+                digests = cache.file_digests([s.path for s in samples])
+            files = {"files": _sha(digests), "images": len(samples), "views": views,
+                     "augment": augment if views else None, "seed": cfg.seed if views else None}
+            jobs.append(cache.SplitJob(split, [s.path for s in samples], views))
+            for name, cut in cuts.items():
+                parts = {**base, **files, "cut": name, "cut_index": cut.index,
+                         "weights": cache.weights_digest(source.layers[:cut.index + 1])}
+                specs[(split, name)] = cache.EntrySpec(parts, tuple(int(d) for d in cut.tensor.shape[1:]),
+                                                        len(samples), views)
+
+        def make_engine(names: list[str]):
+            import keras
+
+            bottom = keras.Model(source.input, [source.get_layer(n).output for n in names], name="bottom")
+            return features.make_engine(bottom)
+
+        augment_fn = features.augmentation(self.augmenter, self.size) if self.views else None
+
+        def batches(paths: list[str], views: int, shard: int):
+            if views:
+                reseed(self.augmenter, cfg.seed, shard)
+            return features.decoded_batches(paths, self.size, cfg.resize, views, augment_fn if views else None, 64)
+
+        total = sum(len(j.paths) * (1 + j.views) for j in jobs)
+        with self.progress("caching features", total) as advance:
+            return cache.ensure(cache.resolve_dir(cfg.cache_dir), jobs, specs, make_engine, batches, advance)
 
     # -- the stages -----------------------------------------------------------------------------------
     def _fit_model(self, stage_index: int):
@@ -215,11 +311,46 @@ class _Session:
         cut = self.inputs[stage_index].cut
         return self.model if cut is None else features.split_model(self.model, cut)[1]
 
+    def _plan(self):
+        from edgeclf.train.inputs import Plan
+
+        c = self.cluster
+        if c.workers == 1:  # Keras splits each global batch over the local replicas itself
+            return Plan(self.cfg.batch, 1, 1, 1)
+        return Plan(self.cfg.batch, c.replicas, c.local_replicas, c.workers)
+
+    def _datasets(self, stage_index: int, class_weight):
+        """(train, validation) inputs of a stage and fit's step arguments, for this worker."""
+        from edgeclf.train import inputs as stage_inputs
+
+        cfg, plan, inputs = self.cfg, self._plan(), self.inputs[stage_index]
+        n_train = len(self.ds.train) * (1 + (self.views if inputs.cut is not None else 0))
+        steps = plan.steps(n_train)
+        val_share = -(-len(self.ds.val) // self.cluster.workers)  # the largest worker's share
+        val_steps = max(1, -(-val_share // (plan.replica_batch * plan.local_replicas)))
+        if inputs.cut is not None:
+            make_train = lambda: stage_inputs.feature_dataset(  # noqa: E731
+                inputs.stores["train"], self.y["train"], self.k, plan, steps, True, cfg.seed + stage_index,
+                class_weight)
+            make_val = lambda: stage_inputs.feature_dataset(  # noqa: E731
+                inputs.stores["val"], self.y["val"], self.k, plan, val_steps, False, 0)
+        else:
+            make_train = lambda: stage_inputs.image_batches(  # noqa: E731
+                self.local["train"], self.size, self.k, plan, steps, cfg.resize, True, cfg.seed + stage_index,
+                self.augmenter, class_weight)
+            make_val = lambda: stage_inputs.image_batches(  # noqa: E731
+                self.local["val"], self.size, self.k, plan, val_steps, cfg.resize, False, 0)
+        if self.cluster.workers == 1:
+            return dict(x=make_train(), validation_data=make_val())
+        strategy = self.cluster.strategy
+        return dict(x=strategy.distribute_datasets_from_function(lambda ctx: make_train()),
+                    validation_data=strategy.distribute_datasets_from_function(lambda ctx: make_val()),
+                    steps_per_epoch=steps, validation_steps=val_steps)
+
     def run_stage(self, stage_index: int) -> None:
         """Fit one stage from where it stands, then load the best weights for what follows."""
         import keras
 
-        from edgeclf.data.pipeline import image_dataset
         from edgeclf.models.build import set_trainable
         from edgeclf.train.callbacks import EpochCheckpoint
 
@@ -230,19 +361,12 @@ class _Session:
             fit_model = self._fit_model(stage_index)
             log.info(f"stage {stage_index + 1}/{len(self.run.stages)}: {stage.name} — {stage.epochs} epochs, "
                      f"lr {stage.lr:g}, {trainable} backbone layers trainable"
-                     + (f", training above {self.model.layers[inputs.cut.index].name} on cached features"
+                     + (f", training above {inputs.cut.name(self.model)} on cached features"
                         if inputs.cut is not None else ""))
-            if inputs.cut is not None:
-                y_train = np.tile(self.y["train"], 1 + self.views)
-                data = dict(x=inputs.x_train.astype(np.float32), y=keras.utils.to_categorical(y_train, self.k),
-                            batch_size=cfg.batch, shuffle=True,
-                            validation_data=(inputs.x_val.astype(np.float32),
-                                             keras.utils.to_categorical(self.y["val"], self.k)))
-            else:
-                data = dict(x=image_dataset(self.ds.train, self.size, self.k, cfg.batch, cfg.resize, shuffle=True,
-                                            seed=cfg.seed, augmenter=self.augmenter),
-                            validation_data=image_dataset(self.ds.val, self.size, self.k, cfg.batch, cfg.resize))
-            with self.strategy.scope():
+            class_weight = _class_weights(np.array([s.label for s in self.ds.train]), self.k) \
+                if cfg.class_weights == "auto" else None
+            data = self._datasets(stage_index, class_weight)
+            with self.cluster.scope():
                 optimizer = (keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop)(stage.lr)
                 fit_model.compile(optimizer=optimizer, metrics=["accuracy"],
                                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
@@ -253,58 +377,90 @@ class _Session:
             else:
                 callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.3, patience=2,
                                                                    min_lr=stage.lr * 1e-3))
-            class_weight = _class_weights(self.y["train"], self.k) if cfg.class_weights == "auto" else None
             fit_model.fit(epochs=stage.epochs, initial_epoch=state.start_epoch(stage_index), callbacks=callbacks,
-                          verbose=0, class_weight=class_weight, **data)
+                          verbose=0, **data)
             self.weights_epoch = state.epoch
         self._load_best()  # the next stage starts from the best weights so far
         self.recorder.end_stage(stage_index)
 
-    def _load_best(self) -> None:
-        best = self.run.state.best_epoch
-        if best > 0 and self.weights_epoch != best:
-            self.model.load_weights(self.run.dir / rundir.BEST)
-            self.weights_epoch = best
-
     # -- evaluation and report ------------------------------------------------------------------------
-    def _predict(self, split: str) -> np.ndarray:
-        """Class probabilities of the best model for a split, through the last stage's inputs."""
-        from edgeclf.data.pipeline import image_dataset
+    def _counts(self, split: str) -> tuple[np.ndarray, int]:
+        """Confusion matrix and top-5 hits of the best model on this worker's share of a split,
+        through the last stage's inputs, summed over the cluster's workers."""
+        import tensorflow as tf
+
+        from edgeclf.train import inputs as stage_inputs
 
         last = len(self.run.stages) - 1
-        inputs = self.inputs[last]
+        inputs, model = self.inputs[last], self._fit_model(last)
+        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        plan = stage_inputs.Plan(256, 1, 1, 1)
         if inputs.cut is not None:
-            x = {"val": inputs.x_val, "test": inputs.x_test}[split]
-            return self._fit_model(last).predict(x.astype(np.float32), batch_size=256, verbose=0)
-        samples = self.ds.split(split)
-        return self.model.predict(image_dataset(samples, self.size, self.k, self.cfg.batch, self.cfg.resize,
-                                                cache=False), verbose=0)
+            data = stage_inputs.feature_dataset(inputs.stores[split], self.y[split], self.k, plan, 0, False, 0)
+        else:
+            data = stage_inputs.image_batches(self.local[split], self.size, self.k, plan, 0, self.cfg.resize,
+                                              False, 0, cache_budget=0)
+        cm, top5 = np.zeros((self.k, self.k), np.int64), 0
+        for x, y, _ in data:
+            probs = predict(x).numpy()
+            truth = y.numpy().argmax(axis=1)
+            cm += metrics.confusion(truth, probs.argmax(axis=1), self.k)
+            top5 += metrics.top5_hits(probs, truth)
+        counts = self.cluster.reduce(np.concatenate([cm.ravel(), [top5]]), "SUM")
+        return counts[:-1].reshape(self.k, self.k), int(counts[-1])
 
     def evaluate(self) -> dict:
         """``report.json``'s content: the best weights on the validation (and test) split."""
         self._load_best()
         state = self.run.state
-        rep = metrics.classification_report(self._predict("val"), self.y["val"], self.ds.classes)
+        cm, top5 = self._counts("val")
+        rep = metrics.report_from_counts(cm, self.ds.classes, top5)
         rep.update(model=self.cfg.model, imgsz=self.size, best_epoch=state.best_epoch, epochs_run=state.epoch,
                    train_seconds=round(time.time() - self.recorder.t_start, 1))
         if self.ds.test:
-            rep["test"] = metrics.classification_report(self._predict("test"), self.y["test"], self.ds.classes)
+            cm, top5 = self._counts("test")
+            rep["test"] = metrics.report_from_counts(cm, self.ds.classes, top5)
+        if state.feature_cache:
+            rep["feature_cache"] = state.feature_cache
+        if self.cluster.workers > 1:
+            rep["cluster"] = {"workers": self.cluster.workers, "replicas": self.cluster.replicas}
         return rep
 
     def write_report(self, rep: dict) -> None:
         from edgeclf.train import report as reporting
 
         run_dir, state = self.run.dir, self.run.state
+        state.done, state.train_seconds = True, rep["train_seconds"]
+        extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
+        log.info(f"val top-1 {rep['top1']:.2%}{extra}, macro-F1 {rep['macro_f1']:.3f} (best epoch "
+                 f"{rep['best_epoch']} of {rep['epochs_run']}), {rep['train_seconds']:.0f}s of training")
+        if not self.cluster.is_chief:
+            return
         fsutil.write_json(run_dir / rundir.REPORT, rep)
         cm = np.array(rep["confusion_matrix"])
         reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix.png", normalize=False)
         reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)
         reporting.plot_results(run_dir / rundir.RESULTS, run_dir / "results.png")
-        state.done, state.train_seconds = True, rep["train_seconds"]
         state.save(run_dir)
-        extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
-        log.info(f"val top-1 {rep['top1']:.2%}{extra}, macro-F1 {rep['macro_f1']:.3f} (best epoch "
-                 f"{rep['best_epoch']} of {rep['epochs_run']}), {rep['train_seconds']:.0f}s of training")
+
+
+def _sha(items: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def _versions() -> dict:
+    """Library versions the cached numbers depend on (augmentation and conversion may change)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def _class_weights(y_train: np.ndarray, k: int) -> dict[int, float]:
