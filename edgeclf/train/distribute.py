@@ -59,6 +59,20 @@ def parse_tf_config(text: str | None = None) -> TaskSpec | None:
     return TaskSpec(total, rank, f"{kind}:{index}")
 
 
+class ClusterError(EdgeclfError):
+    """A worker of the cluster went away: start every worker again, the run resumes."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is how TensorFlow reports a worker that stopped answering."""
+    import tensorflow as tf
+
+    return isinstance(exc, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                            tf.errors.CancelledError))
+
+
 class Cluster:
     """The strategy, and this process's place in it; collective helpers that are no-ops on one worker."""
 
@@ -88,7 +102,7 @@ class Cluster:
         return self.strategy.scope()
 
     def reduce(self, value: np.ndarray, op: str = "SUM") -> np.ndarray:
-        """``value`` (one per worker) reduced over the workers (SUM, MAX or MIN)."""
+        """``value`` (one per worker) reduced over the workers: SUM (an all-reduce), MAX or MIN."""
         value = np.asarray(value)
         if self.workers == 1:
             return value
@@ -96,9 +110,12 @@ class Cluster:
 
         dtype = value.dtype
         x = tf.constant(value.astype(np.float64 if dtype.kind in "iub" else dtype))
-        out = self.strategy.reduce(op, self.strategy.run(lambda: tf.identity(x)), axis=None).numpy()
-        if op == "SUM":  # every local replica returned the worker's value
+        if op == "SUM":  # every local replica returns the worker's value: divide by their number
+            out = self.strategy.reduce("SUM", self.strategy.run(lambda: tf.identity(x)), axis=None).numpy()
             out = out / self.local_replicas
+        else:  # the collective reduce knows SUM and MEAN only: gather the (small) values instead
+            every = self.strategy.gather(self.strategy.run(lambda: tf.expand_dims(x, 0)), axis=0).numpy()
+            out = every.max(axis=0) if op == "MAX" else every.min(axis=0)
         return out.astype(dtype)
 
     def same_everywhere(self, value: int, what: str) -> None:

@@ -67,6 +67,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress
     from edgeclf.train.distribute import make_cluster, parse_tf_config
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgeclf import log as edgeclf_log
+
+    if edgeclf_log.settings.debug:  # --debug: Keras' own frames in tracebacks too
+        import keras
+
+        keras.config.disable_traceback_filtering()
     if cfg.distributed or parse_tf_config() is not None:
         if resume is not None:
             raise EdgeclfError("on a cluster, start the same command again on every worker: the run in "
@@ -80,11 +86,20 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress
         log.info(f"{run.dir or cfg.name} has already finished training; nothing to resume")
         return rundir.load_run(run.dir) if run.dir else None
     session = _Session(run, cluster or make_cluster(), progress or no_progress)
-    session.build_model()
-    session.cache_features()
-    for stage_index in range(run.state.stage, len(run.stages)):
-        session.run_stage(stage_index)
-    report = session.evaluate()
+    try:
+        session.build_model()
+        session.cache_features()
+        for stage_index in range(run.state.stage, len(run.stages)):
+            session.run_stage(stage_index)
+        report = session.evaluate()
+    except Exception as exc:
+        from edgeclf.train.distribute import ClusterError, peer_lost
+
+        if session.cluster.workers > 1 and peer_lost(exc):
+            raise ClusterError(f"a worker of the cluster stopped ({type(exc).__name__}) after epoch "
+                               f"{run.state.epoch}: start every worker again with the same command, the run "
+                               f"resumes from there") from exc
+        raise
     session.write_report(report)
     return rundir.load_run(run.dir) if run.dir else None
 
@@ -309,7 +324,10 @@ class _Session:
         from edgeclf.train import features
 
         cut = self.inputs[stage_index].cut
-        return self.model if cut is None else features.split_model(self.model, cut)[1]
+        if cut is None:
+            return self.model
+        with self.cluster.scope():  # a model made in the strategy's scope trains under it
+            return features.split_model(self.model, cut)[1]
 
     def _plan(self):
         from edgeclf.train.inputs import Plan
@@ -366,10 +384,16 @@ class _Session:
             class_weight = _class_weights(np.array([s.label for s in self.ds.train]), self.k) \
                 if cfg.class_weights == "auto" else None
             data = self._datasets(stage_index, class_weight)
+            # On a cluster, validation batches are padded with weight-0 rows: the metrics must weigh rows
+            # (weighted_metrics) and the loss divide by the weights, not by the batch size.
+            padded = self.cluster.workers > 1
             with self.cluster.scope():
                 optimizer = (keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop)(stage.lr)
-                fit_model.compile(optimizer=optimizer, metrics=["accuracy"],
-                                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
+                loss = keras.losses.CategoricalCrossentropy(
+                    label_smoothing=cfg.label_smoothing,
+                    reduction="mean_with_sample_weight" if padded else "sum_over_batch_size")
+                fit_model.compile(optimizer=optimizer, loss=loss, metrics=None if padded else ["accuracy"],
+                                  weighted_metrics=["accuracy"] if padded else None)
             callbacks = [EpochCheckpoint(self.recorder, stage_index, stage)]
             if cfg.schedule == "cosine":
                 callbacks.append(keras.callbacks.LearningRateScheduler(
@@ -423,7 +447,12 @@ class _Session:
         if state.feature_cache:
             rep["feature_cache"] = state.feature_cache
         if self.cluster.workers > 1:
+            from edgeclf.train.cache import weights_digest
+
             rep["cluster"] = {"workers": self.cluster.workers, "replicas": self.cluster.replicas}
+            digest = weights_digest(self.model.layers)
+            self.cluster.same_everywhere(int(digest[:12], 16), "the final weights")
+            log.info(f"{self.cluster.task}: final weights sha256 {digest}, the same on every worker")
         return rep
 
     def write_report(self, rep: dict) -> None:
