@@ -164,3 +164,14 @@ def test_file_digests_and_clear(tmp_path):
     with pytest.raises(EdgeclfError, match="does not look like an edgeclf cache"):
         cache.clear(tmp_path)  # a folder of other things is never deleted
     assert (tmp_path / "a.bin").exists()
+
+
+def test_clear_cache_command(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "cache"
+    _ensure(root, Engine())
+    done = subprocess.run([sys.executable, "-m", "edgeclf", "train", "--clear-cache", "--cache-dir", str(root)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "deleted the feature cache" in done.stderr and not root.exists()

@@ -169,3 +169,80 @@ def test_bad_inputs_give_one_line(tmp_path, hymenoptera):
     assert bad_unfreeze.returncode != 0 and "--unfreeze" in bad_unfreeze.stderr
     no_resume = edgeclf("train", "--resume", str(tmp_path / "nothing"), check=False)
     assert no_resume.returncode != 0 and "no such run folder" in no_resume.stderr
+    no_cluster = edgeclf("train", str(hymenoptera), "--distributed", check=False, env={"TF_CONFIG": ""})
+    assert no_cluster.returncode == 2 and "needs TF_CONFIG" in no_cluster.stderr.strip().splitlines()[-1]
+    bad_config = edgeclf("train", str(hymenoptera), check=False, env={"TF_CONFIG": "{cluster"})
+    assert bad_config.returncode == 2 and "TF_CONFIG is not valid" in bad_config.stderr
+    assert "Traceback" not in no_cluster.stderr + bad_config.stderr
+
+
+# --- the feature cache on disk, with the real pipeline (in this process: one TensorFlow start) ------------
+@pytest.fixture(scope="module")
+def tiny_hymenoptera(hymenoptera, tmp_path_factory) -> Path:
+    """10 training and 5 validation photos per class, copied (the tests change one)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny") / "hymenoptera"
+    for split, n in (("train", 10), ("val", 5)):
+        for cls in ("ants", "bees"):
+            (root / split / cls).mkdir(parents=True)
+            for p in sorted((hymenoptera / split / cls).glob("*.jpg"))[:n]:
+                shutil.copy(p, root / split / cls / p.name)
+    return root
+
+
+def _cache_run(data: Path, tmp: Path, **overrides) -> dict:
+    """One head-only epoch of MobileNetV2 0.35; returns what the run reports about the feature cache."""
+    from edgeclf.config import TrainConfig
+    from edgeclf.train.trainer import train
+
+    settings = dict(model="mobilenet_v2_035", imgsz=96, epochs=1, fine_tune_epochs=0, project=str(tmp / "runs"),
+                    name="r", cache_dir=str(tmp / "cache"))
+    info = train(TrainConfig(data=str(data), **{**settings, **overrides}))
+    report = json.loads((info.dir / "report.json").read_text())
+    assert report["images"] == 10
+    assert json.loads((info.dir / "state.json").read_text())["feature_cache"] == report["feature_cache"]
+    return report["feature_cache"]
+
+
+def test_a_second_run_reuses_the_cache_and_each_key_part_invalidates_it(tiny_hymenoptera, tmp_path):
+    from PIL import Image
+
+    first = _cache_run(tiny_hymenoptera, tmp_path)
+    assert (first["rows_computed"], first["rows_reused"]) == (20 * 3 + 10, 0)  # train: clean + 2 views; val
+    again = _cache_run(tiny_hymenoptera, tmp_path)
+    assert (again["rows_computed"], again["rows_reused"], again["engine"]) == (0, 70, None)  # nothing computed
+    assert again["entries"] == first["entries"]
+    seed = _cache_run(tiny_hymenoptera, tmp_path, seed=1)  # other augmented views
+    assert seed["rows_computed"] == 60 and seed["entries"]["val@head_pool"] == first["entries"]["val@head_pool"]
+    size = _cache_run(tiny_hymenoptera, tmp_path, imgsz=112)
+    assert size["rows_computed"] == 70
+    photo = sorted((tiny_hymenoptera / "train" / "bees").glob("*.jpg"))[0]
+    Image.open(photo).rotate(180).save(photo)  # same name, other contents
+    changed = _cache_run(tiny_hymenoptera, tmp_path)
+    assert changed["rows_computed"] == 60 and changed["entries"]["train@head_pool"] != first["entries"]["train@head_pool"]
+    assert _cache_run(tiny_hymenoptera, tmp_path)["rows_computed"] == 0
+
+
+def test_a_cache_shard_cut_short_is_rebuilt_not_read(tiny_hymenoptera, tmp_path, monkeypatch):
+    from edgeclf.train import cache
+
+    monkeypatch.setattr(cache, "SHARD_IMAGES", 8)  # the 20 training photos: shards of 8, 8 and 4
+    first = _cache_run(tiny_hymenoptera, tmp_path, seed=5)
+    entry = tmp_path / "cache" / "features" / first["entries"]["train@head_pool"]
+    shard = entry / "shard-00001.npy"
+    original = shard.read_bytes()
+    shard.write_bytes(original[: len(original) // 3])  # what a crash of the disk's write-back could leave
+    rebuilt = _cache_run(tiny_hymenoptera, tmp_path, seed=5)
+    assert rebuilt["rows_computed"] == 8 * 3  # that shard again (3 views of its 8 photos), nothing else
+    assert shard.read_bytes() == original  # the same numbers: the augmentation is seeded per shard
+    # a kill in the middle of caching: the records of finished shards written, the last shard missing, a
+    # temporary file left, meta.json (written last) not yet there
+    meta = json.loads((entry / "meta.json").read_text())
+    for i, record in enumerate(meta["shards"][:2]):
+        (entry / f"shard-{i:05d}.json").write_text(json.dumps(record))
+    (entry / "meta.json").unlink()
+    (entry / "shard-00002.npy").unlink()
+    (entry / ".shard-00002.tmp.part.npy").write_bytes(b"\x93NUMPY half")
+    resumed = _cache_run(tiny_hymenoptera, tmp_path, seed=5)
+    assert resumed["rows_computed"] == 4 * 3 and not list(entry.glob(".*.part*"))

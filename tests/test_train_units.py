@@ -247,3 +247,22 @@ def test_state_json_round_trip_ignores_unknown_keys(tmp_path):
     assert not math.isnan(state.best_val_acc)
     state.save(tmp_path)
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 3
+
+
+# --- TF_CONFIG ---------------------------------------------------------------------------------------------
+def test_tf_config_names_the_cluster_and_this_task():
+    from edgeclf.errors import EdgeclfError
+    from edgeclf.train.distribute import TaskSpec, parse_tf_config
+
+    two = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+    assert parse_tf_config(json.dumps(two)) == TaskSpec(2, 1, "worker:1")
+    chief = {"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}
+    assert parse_tf_config(json.dumps(chief)) == TaskSpec(3, 1, "worker:0")  # the chief is rank 0
+    assert parse_tf_config(json.dumps({**chief, "task": {"type": "chief", "index": 0}})).rank == 0
+    alone = {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+    assert parse_tf_config(json.dumps(alone)) is None and parse_tf_config("") is None
+    for bad, message in (("{not json", "not valid"), (json.dumps({**two, "task": {"type": "worker", "index": 2}}),
+                                                      "not in the cluster"),
+                         (json.dumps({**two, "task": {"type": "ps", "index": 0}}), "does not train")):
+        with pytest.raises(EdgeclfError, match=message):
+            parse_tf_config(bad)

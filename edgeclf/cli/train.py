@@ -44,6 +44,8 @@ d = partial(default, TrainConfig)
               help="Random rotation, fraction of a turn.")
 @click.option("--zoom", type=float, default=d("zoom"), show_default=True)
 @click.option("--contrast", type=float, default=d("contrast"), show_default=True)
+@click.option("--mixup", type=click.FloatRange(0), default=d("mixup"), show_default=True,
+              help="Mixup alpha: training rows blended pairwise with their labels (0: off).")
 @click.option("--cache/--no-cache", default=d("cache"), show_default=True,
               help="Train above the frozen layers on features cached once (fast) instead of a full pass per epoch.")
 @click.option("--cache-views", type=click.IntRange(0), default=d("cache_views"), show_default=True,

@@ -67,12 +67,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress
     from edgeclf.train.distribute import make_cluster, parse_tf_config
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edgeclf import log as edgeclf_log
-
-    if edgeclf_log.settings.debug:  # --debug: Keras' own frames in tracebacks too
-        import keras
-
-        keras.config.disable_traceback_filtering()
+    _keras_tracebacks()
+    cluster = None
     if cfg.distributed or parse_tf_config() is not None:
         if resume is not None:
             raise EdgeclfError("on a cluster, start the same command again on every worker: the run in "
@@ -81,7 +77,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress
         run = open_cluster_run(cfg, cluster)
     else:
         run = resume_run(resume, cfg.project) if resume is not None else prepare_run(cfg)
-        cluster = None
     if run.state.done:
         log.info(f"{run.dir or cfg.name} has already finished training; nothing to resume")
         return rundir.load_run(run.dir) if run.dir else None
@@ -102,6 +97,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress
         raise
     session.write_report(report)
     return rundir.load_run(run.dir) if run.dir else None
+
+
+def _keras_tracebacks() -> None:
+    """With ``--debug``, tracebacks keep Keras' own frames (Keras filters them out by default)."""
+    from edgeclf import log as edgeclf_log
+
+    if edgeclf_log.settings.debug:
+        import keras
+
+        keras.config.disable_traceback_filtering()
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -349,7 +354,7 @@ class _Session:
         if inputs.cut is not None:
             make_train = lambda: stage_inputs.feature_dataset(  # noqa: E731
                 inputs.stores["train"], self.y["train"], self.k, plan, steps, True, cfg.seed + stage_index,
-                class_weight)
+                class_weight, cfg.mixup)
             make_val = lambda: stage_inputs.feature_dataset(  # noqa: E731
                 inputs.stores["val"], self.y["val"], self.k, plan, val_steps, False, 0)
         else:
