@@ -1,9 +1,10 @@
-"""Cache what a frozen backbone computes, so training does not repeat it every epoch.
+"""What a frozen backbone computes, computed once: the cut, and the engine and batches that fill the cache.
 
 A flat Keras classifier is split at a *cut*: a single tensor below the first layer that trains (or
 that is stochastic, like dropout) through which everything above flows. The frozen bottom runs once
 per image (and per augmented view) with the fastest engine here — the bottom converted to TFLite and
-run by LiteRT, 10-30x faster than Keras on a CPU — and the top trains in Keras on the cached tensors.
+run by LiteRT, 10-30x faster than Keras on a CPU — and the top trains in Keras on the cached tensors,
+which :mod:`edgeclf.train.cache` keeps on disk.
 """
 from __future__ import annotations
 
