@@ -66,7 +66,7 @@ def one(name: str, work: Path) -> None:
     project = work / "runs"
     shutil.rmtree(project / name, ignore_errors=True)
     t = time.perf_counter()
-    info = train(TrainConfig(data=str(DATA), project=str(project), name=name, **settings), console=console)
+    info = train(TrainConfig(data=str(DATA), project=str(project), name=name, **settings))
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     result = export_model(ExportOptions(target=info.dir, int8=True, calib_images=CALIB_IMAGES, max_drop=100.0),

@@ -46,13 +46,16 @@ class TrainConfig:
     rotation: float = 0.05  # fraction of a full turn
     zoom: float = 0.1
     contrast: float = 0.1
+    mixup: float = 0.0  # mixup alpha on the cached features the top trains on (0: off)
     cache: bool = True  # train on cached backbone features (fast); False: full forward pass every epoch
     cache_views: int = 2  # augmented copies of each training image in the feature cache
+    cache_dir: str | None = None  # the feature cache folder (None: $EDGECLF_CACHE_DIR or ~/.cache/edgeclf)
     val_split: float = 0.2
     seed: int = 0
     resize: str = "bilinear"
     project: str = "runs/train"
     name: str = "exp"
+    distributed: bool = False  # MultiWorkerMirroredStrategy across the hosts TF_CONFIG names
 
     def save(self, path: str | Path) -> Path:
         return fsutil.write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))

@@ -22,25 +22,41 @@ def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[s
     probs = np.asarray(probs, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=int)
     k = len(classes)
-    y_pred = probs.argmax(axis=1)
-    cm = confusion(y_true, y_pred, k)
+    cm = confusion(y_true, probs.argmax(axis=1) if len(probs) else np.zeros(0, int), k)
+    top5 = top5_hits(probs, y_true) if k > 5 else None
+    return report_from_counts(cm, classes, top5)
+
+
+def top5_hits(probs: np.ndarray, y_true: np.ndarray) -> int:
+    """How many rows have their true class among the five most probable."""
+    if not len(probs):
+        return 0
+    top5 = np.argsort(-np.asarray(probs), axis=1)[:, :5]
+    return int((top5 == np.asarray(y_true, dtype=int)[:, None]).any(axis=1).sum())
+
+
+def report_from_counts(cm: np.ndarray, classes: list[str], top5: int | None = None) -> dict:
+    """:func:`classification_report` from its counts: the confusion matrix (rows: true class) and the
+    top-5 hits (given with more than five classes) -- what adds up across batches and machines."""
+    cm = np.asarray(cm, dtype=np.int64)
+    k = len(classes)
     tp = np.diag(cm).astype(float)
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)
+    n = int(cm.sum())
     precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
     out = {
-        "images": int(len(y_true)),
-        "top1": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "images": n,
+        "top1": float(tp.sum() / n) if n else 0.0,
         "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
         "per_class": {c: {"precision": round(float(precision[i]), 4), "recall": round(float(recall[i]), 4),
                           "f1": round(float(f1[i]), 4), "support": int(support[i])} for i, c in enumerate(classes)},
         "confusion_matrix": cm.tolist(),
     }
-    if k > 5:
-        top5 = np.argsort(-probs, axis=1)[:, :5]
-        out["top5"] = float((top5 == y_true[:, None]).any(axis=1).mean())
+    if k > 5 and top5 is not None:
+        out["top5"] = float(top5 / n) if n else 0.0
     return out
 
 

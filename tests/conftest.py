@@ -18,6 +18,14 @@ if WEIGHTS.is_dir():
     os.environ.setdefault("EDGECLF_WEIGHTS_DIR", str(WEIGHTS))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_dir(tmp_path_factory) -> Path:
+    """Training in tests caches features in the session's temporary folder, never in ~/.cache."""
+    folder = tmp_path_factory.mktemp("feature-cache")
+    os.environ["EDGECLF_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def hymenoptera() -> Path:
     if not HYMENOPTERA.is_dir():
@@ -68,7 +76,8 @@ def edgeclf_cli(*args: str, env: dict | None = None, check: bool = True, timeout
 
 @pytest.fixture(scope="session")
 def small_run(hymenoptera) -> Path:
-    """The session's trained run folder (read-only: copy it before changing anything in it)."""
+    """The session's trained run folder (read-only: copy it before changing anything in it). Its
+    feature cache is ``small_run.parent / "cache"`` (read-only too)."""
     import shutil
     import tempfile
 
@@ -77,7 +86,8 @@ def small_run(hymenoptera) -> Path:
     base = Path(tempfile.gettempdir()) / f"edgeclf-test-run-{key}"
     if not (base / "DONE").is_file():
         shutil.rmtree(base, ignore_errors=True)
-        proc = edgeclf_cli("train", str(hymenoptera), *SMALL_RUN_ARGS, "--project", str(base), "--name", "small")
+        proc = edgeclf_cli("train", str(hymenoptera), *SMALL_RUN_ARGS, "--project", str(base), "--name", "small",
+                           "--cache-dir", str(base / "cache"))
         (base / "train.log").write_text(proc.stdout + proc.stderr)
         (base / "DONE").write_text("ok\n")
     return base / "small"

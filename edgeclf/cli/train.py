@@ -1,60 +1,109 @@
+"""`edgeclf train`: parse options (defaults from TrainConfig), call edgeclf.train.trainer.train, print the summary."""
 from __future__ import annotations
+
+import contextlib
+from functools import partial
 
 import click
 
+from edgeclf.config import TrainConfig, default
 from edgeclf.models.registry import BACKBONES
+
+d = partial(default, TrainConfig)
 
 
 @click.command("train")
 @click.argument("data", required=False, type=click.Path(path_type=str))
-@click.option("--model", type=click.Choice(list(BACKBONES)), default="mobilenet_v2", show_default=True,
+@click.option("--model", type=click.Choice(list(BACKBONES)), default=d("model"), show_default=True,
               help="Backbone (simple_cnn: the from-scratch baseline).")
-@click.option("--imgsz", type=int, default=None, help="Input side in pixels [default: the backbone's].")
-@click.option("--weights", default="imagenet", show_default=True,
+@click.option("--imgsz", type=int, default=d("imgsz"), help="Input side in pixels [default: the backbone's].")
+@click.option("--weights", default=d("weights"), show_default=True,
               help="imagenet (from $EDGECLF_WEIGHTS_DIR, Keras' cache, or a download), none, or a weights file.")
-@click.option("--epochs", type=int, default=15, show_default=True, help="Stage 1: backbone frozen.")
-@click.option("--fine-tune-epochs", type=int, default=8, show_default=True, help="Stage 2: top layers unfrozen (0: skip).")
-@click.option("--unfreeze", default="8", show_default=True,
+@click.option("--epochs", type=int, default=d("epochs"), show_default=True, help="Stage 1: backbone frozen.")
+@click.option("--fine-tune-epochs", type=int, default=d("fine_tune_epochs"), show_default=True,
+              help="Stage 2: top layers unfrozen (0: skip).")
+@click.option("--unfreeze", default=d("unfreeze"), show_default=True,
               help="Top weighted backbone layers (batch-norm included) trained in stage 2, or 'all'. More needs a GPU.")
-@click.option("--batch", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Stage 1 learning rate.")
-@click.option("--fine-tune-lr", type=float, default=1e-4, show_default=True, help="Stage 2 learning rate.")
-@click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), default="adam", show_default=True)
-@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True,
+@click.option("--batch", type=int, default=d("batch"), show_default=True)
+@click.option("--lr", type=float, default=d("lr"), show_default=True, help="Stage 1 learning rate.")
+@click.option("--fine-tune-lr", type=float, default=d("fine_tune_lr"), show_default=True, help="Stage 2 learning rate.")
+@click.option("--optimizer", type=click.Choice(["adam", "rmsprop"]), default=d("optimizer"), show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default=d("schedule"), show_default=True,
               help="cosine with warmup, or reduce-on-plateau.")
-@click.option("--warmup-epochs", type=int, default=1, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True)
-@click.option("--patience", type=int, default=5, show_default=True, help="Early stopping: epochs without gain.")
-@click.option("--head-units", type=int, default=0, show_default=True, help="Hidden dense layer in the head (0: none).")
-@click.option("--dropout", type=float, default=0.2, show_default=True)
-@click.option("--augment/--no-augment", default=True, show_default=True)
-@click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flip.")
-@click.option("--rotation", type=float, default=0.05, show_default=True, help="Random rotation, fraction of a turn.")
-@click.option("--zoom", type=float, default=0.1, show_default=True)
-@click.option("--contrast", type=float, default=0.1, show_default=True)
-@click.option("--cache/--no-cache", default=True, show_default=True,
+@click.option("--warmup-epochs", type=int, default=d("warmup_epochs"), show_default=True)
+@click.option("--label-smoothing", type=float, default=d("label_smoothing"), show_default=True)
+@click.option("--class-weights", type=click.Choice(["none", "auto"]), default=d("class_weights"), show_default=True)
+@click.option("--patience", type=int, default=d("patience"), show_default=True,
+              help="Early stopping: epochs without gain.")
+@click.option("--head-units", type=int, default=d("head_units"), show_default=True,
+              help="Hidden dense layer in the head (0: none).")
+@click.option("--dropout", type=float, default=d("dropout"), show_default=True)
+@click.option("--augment/--no-augment", default=d("augment"), show_default=True)
+@click.option("--flip/--no-flip", default=d("flip"), show_default=True, help="Random horizontal flip.")
+@click.option("--rotation", type=float, default=d("rotation"), show_default=True,
+              help="Random rotation, fraction of a turn.")
+@click.option("--zoom", type=float, default=d("zoom"), show_default=True)
+@click.option("--contrast", type=float, default=d("contrast"), show_default=True)
+@click.option("--mixup", type=click.FloatRange(0), default=d("mixup"), show_default=True,
+              help="Mixup alpha: training rows blended pairwise with their labels (0: off).")
+@click.option("--cache/--no-cache", default=d("cache"), show_default=True,
               help="Train above the frozen layers on features cached once (fast) instead of a full pass per epoch.")
-@click.option("--cache-views", type=int, default=2, show_default=True,
+@click.option("--cache-views", type=click.IntRange(0), default=d("cache_views"), show_default=True,
               help="Augmented views of each training image in the feature cache.")
-@click.option("--val-split", type=float, default=0.2, show_default=True, help="Validation share when DATA is not split.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--project", default="runs/train", show_default=True)
-@click.option("--name", default="exp", show_default=True, help="Run folder name (exp2, exp3… when taken).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=str), default=d("cache_dir"),
+              help="Feature cache folder, reused by later runs and --resume "
+                   "[default: $EDGECLF_CACHE_DIR, else ~/.cache/edgeclf].")
+@click.option("--clear-cache", is_flag=True, help="Delete the feature cache folder first (alone: only that).")
+@click.option("--val-split", type=float, default=d("val_split"), show_default=True,
+              help="Validation share when DATA is not split.")
+@click.option("--seed", type=int, default=d("seed"), show_default=True)
+@click.option("--project", default=d("project"), show_default=True)
+@click.option("--name", default=d("name"), show_default=True, help="Run folder name (exp2, exp3… when taken).")
 @click.option("--resume", "resume", is_flag=False, flag_value="last", default=None, metavar="[RUN_DIR]",
               help="Continue a killed run from its last checkpoint, same settings (alone: the latest run).")
-def command(data, resume, **opts) -> None:
+@click.option("--distributed", is_flag=True, default=d("distributed"),
+              help="Train on the cluster TF_CONFIG describes (MultiWorkerMirroredStrategy; automatic when "
+                   "TF_CONFIG names several tasks). Run the same command on every host.")
+def command(data, resume, clear_cache, **opts) -> None:
     """Fine-tune an ImageNet backbone on DATA (class folders, split into train/ and val/ or not)."""
-    from edgeclf import log
-    from edgeclf.config import TrainConfig
-    from edgeclf.errors import EdgeclfError
-    from edgeclf.train.trainer import train
+    import json
 
+    from rich.console import Console
+
+    from edgeclf import log, rundir
+    from edgeclf.errors import EdgeclfError
+    from edgeclf.train.report import print_summary
+    from edgeclf.train.trainer import check_config, train
+
+    if clear_cache:
+        from edgeclf.train.cache import clear
+
+        folder, freed = clear(opts["cache_dir"])
+        click.echo(f"deleted the feature cache {folder} ({freed / 2**20:.0f} MiB)" if freed
+                   else f"no feature cache at {folder}", err=True)
+        if resume is None and not data:
+            return
     if resume is None and not data:
         raise EdgeclfError("give a DATA folder to train on (or --resume RUN_DIR)")
-    opts["unfreeze"] = str(opts["unfreeze"])
-    if opts["unfreeze"] != "all" and not opts["unfreeze"].isdigit():
-        raise EdgeclfError(f"--unfreeze takes a number of layers or 'all' (got {opts['unfreeze']})")
-    cfg = TrainConfig(data=data or "", **opts)
+    cfg = TrainConfig(data=data or "", **{**opts, "unfreeze": str(opts["unfreeze"])})
+    if resume is None:
+        check_config(cfg)
     log.quiet_native_stderr()  # before TensorFlow is imported: its C++ start-up chatter
-    train(cfg, resume=resume)
+    info = train(cfg, resume=resume, progress=_progress_bar)
+    if info is None:  # a cluster worker: the chief has the run folder
+        return
+    report = json.loads((info.dir / rundir.REPORT).read_text(encoding="utf-8"))
+    print_summary(report, info.classes, info.dir, Console(soft_wrap=True))
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str, total: int):
+    """A transient progress bar on stderr (nothing when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)

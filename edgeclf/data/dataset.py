@@ -38,6 +38,7 @@ class Sample:
     path: str  # absolute
     label: int
     split: str
+    sha256: str = ""  # of the file's bytes, when the scan read it (not kept in split.json)
 
 
 @dataclass
@@ -207,7 +208,7 @@ def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int |
     if layout == "folders" or "val" not in split_dirs:
         good = _stratified_split(good, val_split, seed)
 
-    samples = [Sample(str(f), index[c], s) for s, c, f, _ in good]
+    samples = [Sample(str(f), index[c], s, digest) for s, c, f, digest in good]
     counts = {s: {c: 0 for c in classes} for s in SPLITS if any(g[0] == s for g in good)}
     for s, c, _, _ in good:
         counts[s][c] += 1
@@ -260,13 +261,12 @@ def _stratified_split(good, val_split: float, seed: int):
     return out
 
 
-def print_report(report: DataReport, console=None, max_list: int = 10) -> None:
-    """A human summary of the data report (rich)."""
-    from rich.console import Console
+def _report_renderables(report: DataReport, max_list: int = 10) -> list:
+    """The data report as rich renderables: a title, the table of counts, then what was left out."""
     from rich.table import Table
+    from rich.text import Text
 
-    console = console or Console()
-    console.print(f"[b]{report.root}[/b] ({report.layout} layout, {len(report.classes)} classes, {report.total} images)")
+    out: list = [f"[b]{report.root}[/b] ({report.layout} layout, {len(report.classes)} classes, {report.total} images)"]
     table = Table()
     table.add_column("class")
     splits = list(report.counts)
@@ -275,16 +275,15 @@ def print_report(report: DataReport, console=None, max_list: int = 10) -> None:
     for c in report.classes:
         table.add_row(c, *[str(report.counts[s].get(c, 0)) for s in splits])
     table.add_row("[b]total[/b]", *[f"[b]{sum(report.counts[s].values())}[/b]" for s in splits])
-    console.print(table)
+    out.append(table)
 
     def listing(title: str, rows: list[str]) -> None:
         if not rows:
             return
-        console.print(f"[yellow]{title} ({len(rows)}):[/yellow]")
-        for r in rows[:max_list]:
-            console.print(f"  {r}", markup=False, highlight=False)
+        out.append(f"[yellow]{title} ({len(rows)}):[/yellow]")
+        out.extend(Text(f"  {r}") for r in rows[:max_list])
         if len(rows) > max_list:
-            console.print(f"  … and {len(rows) - max_list} more (see data_report.json)")
+            out.append(f"  … and {len(rows) - max_list} more (see data_report.json)")
 
     listing("skipped, not usable as images", [f"{s['file']}: {s['reason']}" for s in report.skipped])
     listing("class folders with no usable training image, left out", report.empty_classes)
@@ -292,4 +291,25 @@ def print_report(report: DataReport, console=None, max_list: int = 10) -> None:
     listing("identical files in different splits (leak)", [" = ".join(g) for g in report.split_leaks])
     listing("identical files within a class", [" = ".join(g) for g in report.duplicates])
     if report.ignored:
-        console.print(f"ignored {report.ignored} hidden/junk files (.DS_Store, Thumbs.db, …)")
+        out.append(f"ignored {report.ignored} hidden/junk files (.DS_Store, Thumbs.db, …)")
+    return out
+
+
+def print_report(report: DataReport, console=None, max_list: int = 10) -> None:
+    """A human summary of the data report (rich), for ``edgeclf check``."""
+    from rich.console import Console
+
+    console = console or Console()
+    for item in _report_renderables(report, max_list):
+        console.print(item, highlight=False)
+
+
+def format_report(report: DataReport, max_list: int = 10, width: int = 100) -> str:
+    """The same summary as plain text, for a log message."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    print_report(report, Console(file=buf, width=width, color_system=None, soft_wrap=True), max_list)
+    return buf.getvalue().rstrip("\n")

@@ -1,9 +1,10 @@
-"""Cache what a frozen backbone computes, so training does not repeat it every epoch.
+"""What a frozen backbone computes, computed once: the cut, and the engine and batches that fill the cache.
 
 A flat Keras classifier is split at a *cut*: a single tensor below the first layer that trains (or
 that is stochastic, like dropout) through which everything above flows. The frozen bottom runs once
 per image (and per augmented view) with the fastest engine here — the bottom converted to TFLite and
-run by LiteRT, 10-30x faster than Keras on a CPU — and the top trains in Keras on the cached tensors.
+run by LiteRT, 10-30x faster than Keras on a CPU — and the top trains in Keras on the cached tensors,
+which :mod:`edgeclf.train.cache` keeps on disk.
 """
 from __future__ import annotations
 
@@ -14,12 +15,19 @@ from typing import Callable
 
 import numpy as np
 
+from edgeclf.log import get_logger
+
+log = get_logger(__name__)
 
 @dataclass
 class Cut:
     tensor: object  # the KerasTensor everything above the cut depends on
     index: int  # layers[: index + 1] are below the cut
     trivial: bool  # the cut is at the (preprocessed) input: caching would save nothing
+    layer: int = -1  # the layer that outputs ``tensor`` (at or below ``index``)
+
+    def name(self, model) -> str:
+        return model.layers[self.layer].name
 
 
 def _producer(tensor):
@@ -62,7 +70,7 @@ def find_cut(model) -> Cut | None:
         alive = [t for p, j, t in spans if p <= b < j]
         if len(alive) == 1:
             prep = next((i for i, l in enumerate(layers) if l.name == "preprocess"), 0)
-            return Cut(alive[0], b, trivial=b <= prep)
+            return Cut(alive[0], b, trivial=b <= prep, layer=pos[id(_producer(alive[0]))])
     return None
 
 
@@ -143,7 +151,8 @@ def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], list[np
     try:
         return TFLiteRunner(bottom, batch=batch), "litert"
     except Exception as exc:  # a layer TFLite cannot convert: Keras still works, slower
-        print(f"note: feature cache falls back to Keras ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        log.warning(f"the feature cache falls back to Keras, slower ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:120]})")
 
         def run(x):
             out = bottom.predict(x, batch_size=batch, verbose=0)
@@ -152,7 +161,7 @@ def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], list[np
         return run, "keras"
 
 
-def _augment_fn(augmenter, size: int):
+def augmentation(augmenter, size: int):
     """The Keras augmentation layers as one compiled graph (about 2x faster than eager here)."""
     import tensorflow as tf
 
@@ -163,7 +172,7 @@ def _augment_fn(augmenter, size: int):
     return lambda x: augment(x).numpy()
 
 
-def _batches(paths: list[str], size: int, resize: str, views: int, augment, batch: int):
+def decoded_batches(paths: list[str], size: int, resize: str, views: int, augment, batch: int):
     """(view, images) for every batch of paths: decoded once, clean first, then each augmented view.
     Produced one step ahead in a thread, so decode and augmentation (TensorFlow, GIL released)
     overlap the LiteRT inference of the previous batch."""
@@ -199,31 +208,3 @@ def _batches(paths: list[str], size: int, resize: str, views: int, augment, batc
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-
-
-def cache_features(model, cuts: list[Cut], train_paths: list[str], val_paths: list[str], size: int, resize: str,
-                   augmenter=None, views: int = 0, batch: int = 64, progress=None):
-    """Features at every cut for each training image (clean, then ``views`` augmented copies) and each
-    validation image, from one decode and one LiteRT pass. Returns (train, val, engine name), where
-    train[i] / val[i] are float16 arrays for cuts[i]; train rows are view-major (view 0 = clean)."""
-    import keras
-
-    bottom = keras.Model(model.input, [c.tensor for c in cuts], name="bottom")
-    engine, name = make_engine(bottom)
-    views = views if augmenter is not None else 0
-    augment = _augment_fn(augmenter, size) if views else None
-    task = progress.add_task("caching features", total=len(train_paths) * (1 + views) + len(val_paths)) if progress else None
-    per_view: list[list[list[np.ndarray]]] = [[[] for _ in range(1 + views)] for _ in cuts]
-    for v, images in _batches(train_paths, size, resize, views, augment, batch):
-        for ci, out in enumerate(engine(images)):
-            per_view[ci][v].append(out.astype(np.float16))
-        if progress is not None:
-            progress.advance(task, len(images))
-    val_parts: list[list[np.ndarray]] = [[] for _ in cuts]
-    for _, images in _batches(val_paths, size, resize, 0, None, batch):
-        for ci, out in enumerate(engine(images)):
-            val_parts[ci].append(out.astype(np.float16))
-        if progress is not None:
-            progress.advance(task, len(images))
-    train = [np.concatenate([np.concatenate(pv) for pv in per_view[ci]]) for ci in range(len(cuts))]
-    return train, [np.concatenate(v) for v in val_parts], name

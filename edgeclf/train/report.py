@@ -1,4 +1,5 @@
-"""The run folder's plots (matplotlib, headless). The metrics themselves live in :mod:`edgeclf.metrics`."""
+"""The run folder's plots (matplotlib, headless) and the summary `edgeclf train` prints. The metrics
+themselves live in :mod:`edgeclf.metrics`."""
 from __future__ import annotations
 
 import csv
@@ -73,3 +74,20 @@ def plot_results(results_csv: Path, path: Path) -> None:
                 ax.axvline(epoch[i] - 0.5, color="grey", linestyle="--", linewidth=1)
     axes[2].set_yscale("log")
     _save_fig(fig, path)
+
+
+def print_summary(rep: dict, classes: list[str], run_dir: Path, console) -> None:
+    """The per-class table of ``report.json`` and the next command, as ``edgeclf train`` ends."""
+    from rich.table import Table
+
+    table = Table(title=f"best model (epoch {rep['best_epoch']}) on {rep['images']} validation images")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in classes:
+        m = rep["per_class"][c]
+        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+    extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
+    console.print(f"[b]val top-1 {rep['top1']:.2%}[/b]{extra}, macro-F1 {rep['macro_f1']:.3f}, "
+                  f"{rep['train_seconds']:.0f}s of training. Results in {run_dir}", highlight=False)
+    console.print(f"next: edgeclf export {run_dir} --int8", highlight=False, markup=False)

@@ -1,349 +1,502 @@
 """Transfer-learning fine-tuning: a frozen stage, then a fine-tuning stage, resumable.
 
-Stage 1 trains the head on a frozen backbone; stage 2 unfreezes the top ``--unfreeze`` layers at a
-lower learning rate (batch-norm layers stay frozen, in inference mode). Wherever the frozen part of
-the network sits below a single-tensor cut, its output is computed once per image and augmented view
-by LiteRT (see :mod:`edgeclf.train.features`) and only the part above the cut trains in Keras.
+``train`` reads like the README's training section:
+
+1. prepare the run folder (scan the data, save the settings and the split), or resume one;
+2. build the model (ImageNet weights, or the checkpoint a resumed run continues from);
+3. cache features: wherever the frozen part of the network sits below a single-tensor cut, its output
+   is computed once per image and augmented view by LiteRT (:mod:`edgeclf.train.features`), so that
+   only the part above the cut trains in Keras;
+4. run each stage (stage 1 trains the head on the frozen backbone; stage 2 unfreezes the top
+   ``--unfreeze`` layers at a lower learning rate, batch-norm layers frozen, in inference mode);
+5. evaluate the best weights on the validation (and test) split;
+6. report: ``report.json``, the plots.
 
 After every epoch ``weights/last.keras``, ``weights/best.keras`` (on validation accuracy),
-``results.csv`` and ``state.json`` are written atomically, so ``--resume`` after a kill loses at most
-the epoch that was running.
+``results.csv`` and ``state.json`` are written atomically (:mod:`edgeclf.train.state`), so ``--resume``
+after a kill loses at most the epoch that was running.
 """
 from __future__ import annotations
 
-import csv
-import io
-import math
+import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 
-from edgeclf import fsutil
+from edgeclf import fsutil, metrics, rundir
 from edgeclf.config import TrainConfig
-from edgeclf.data.dataset import Dataset, print_report, scan
+from edgeclf.data.dataset import Dataset, format_report, scan
 from edgeclf.errors import EdgeclfError
+from edgeclf.log import get_logger
 from edgeclf.models.registry import get_backbone
-from edgeclf import metrics, rundir
 from edgeclf.rundir import RunInfo
-from edgeclf.train import report as reporting
+from edgeclf.train.stages import Stage, lr_at, plan_stages  # noqa: F401  (part of this module's API)
+from edgeclf.train.state import EpochRecorder, RunState
 
-RESULT_FIELDS = ["epoch", "stage", "stage_epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
-                 "elapsed"]  # elapsed: wall seconds since training started, feature caching included
+log = get_logger(__name__)
+
+# progress(description, total) -> a context manager yielding advance(n): how a caller shows long steps
+Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
+
+
+def no_progress(description: str, total: int) -> ContextManager[Callable[[int], None]]:
+    return contextlib.nullcontext(lambda n: None)
 
 
 @dataclass
-class Stage:
-    name: str  # frozen | fine_tune | scratch
-    epochs: int
-    lr: float
-    unfreeze: int | str
+class Run:
+    """A run folder being trained: its settings, data split, state and plan."""
+
+    dir: Path | None  # None on a cluster worker that is not the chief: it writes no run folder
+    cfg: TrainConfig
+    data: Dataset
+    state: RunState
+    stages: list[Stage] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.stages = self.stages or plan_stages(self.cfg)
 
 
-def plan_stages(cfg: TrainConfig) -> list[Stage]:
-    backbone = get_backbone(cfg.model)
-    if backbone.constructor is None:  # trained from scratch: one stage, every layer
-        return [Stage("scratch", cfg.epochs, cfg.lr, "all")]
-    stages = [Stage("frozen", cfg.epochs, cfg.lr, 0)]
-    if cfg.fine_tune_epochs > 0:
-        unfreeze = "all" if str(cfg.unfreeze) == "all" else int(cfg.unfreeze)
-        stages.append(Stage("fine_tune", cfg.fine_tune_epochs, cfg.fine_tune_lr, unfreeze))
-    return stages
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress | None = None) -> RunInfo | None:
+    """Train per ``cfg`` (or resume the run folder ``resume``; ``"last"``: the latest under
+    ``cfg.project``) and return the finished run (None on a cluster worker that is not the chief)."""
+    from edgeclf.train.distribute import make_cluster, parse_tf_config
 
-
-def lr_at(epoch: int, stage: Stage, cfg: TrainConfig) -> float:
-    """Cosine decay with a linear warmup, per epoch (resumable: a function of the epoch only)."""
-    warm = min(cfg.warmup_epochs, max(stage.epochs - 1, 0))
-    if epoch < warm:
-        return stage.lr * (epoch + 1) / (warm + 1)
-    span = max(stage.epochs - warm, 1)
-    return stage.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span)))
-
-
-def _console(console):
-    if console is not None:
-        return console
-    from rich.console import Console
-
-    return Console(soft_wrap=True)
-
-
-def _load_state(run_dir: Path) -> dict:
-    p = run_dir / rundir.STATE
-    if p.is_file():
-        import json
-
-        return json.loads(p.read_text())
-    return {"stage": 0, "stage_epoch": 0, "epoch": 0, "best_val_acc": -1.0, "best_epoch": -1,
-            "since_best": 0, "done": False, "train_seconds": 0.0}
-
-
-def _read_results(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= upto_epoch]
-
-
-def _write_results(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    fsutil.write_text(path, buf.getvalue())
-
-
-def _save_model(model, path: Path) -> None:
-    with fsutil.atomic_path(path) as tmp:
-        model.save(tmp)
-
-
-def _class_weights(ds: Dataset, k: int) -> dict[int, float]:
-    counts = np.bincount([s.label for s in ds.train], minlength=k).astype(float)
-    return {i: float(counts.sum() / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
-
-
-def _strategy():
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-class _Progress:
-    """Feature extraction progress bars (rich), quiet when not on a terminal."""
-
-    def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=console, transient=True,
-                                 disable=not console.is_terminal)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self.progress
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-
-def train(cfg: TrainConfig, resume: str | Path | None = None, console=None) -> RunInfo:
-    """Train per ``cfg`` (or resume the run folder ``resume``) and return the run."""
-    console = _console(console)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if resume is not None:
-        run_dir = Path(resume)
-        if str(resume) == "last":
-            run_dir = rundir.latest_run(cfg.project)
-        info = rundir.load_run(run_dir)
-        cfg = info.config
-        ds = info.dataset()
-        state = _load_state(run_dir)
-        if state.get("done"):
-            console.print(f"{run_dir} has already finished training; nothing to resume")
-            return info
-        if not (run_dir / rundir.LAST).is_file() and state["epoch"] > 0:
-            raise EdgeclfError(f"{run_dir}: {rundir.LAST} is missing; cannot resume")
-        console.print(f"resuming {run_dir} after epoch {state['epoch']}")
+    _keras_tracebacks()
+    cluster = None
+    if cfg.distributed or parse_tf_config() is not None:
+        if resume is not None:
+            raise EdgeclfError("on a cluster, start the same command again on every worker: the run in "
+                               "--project/--name resumes by itself (no --resume)")
+        cluster = make_cluster(cfg.distributed)  # first: it must exist before TensorFlow runs anything
+        run = open_cluster_run(cfg, cluster)
     else:
-        backbone = get_backbone(cfg.model)
-        cfg.imgsz = int(cfg.imgsz or backbone.size)
-        if cfg.imgsz < backbone.min_size:
-            raise EdgeclfError(f"{cfg.model} needs --imgsz of at least {backbone.min_size}")
-        if cfg.optimizer not in ("adam", "rmsprop"):
-            raise EdgeclfError(f"--optimizer must be adam or rmsprop (got {cfg.optimizer})")
-        ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
-        print_report(ds.report, console)
-        run_dir = rundir.new_run_dir(cfg.project, cfg.name)
-        cfg.data = str(Path(cfg.data).resolve())
-        cfg.save(run_dir / rundir.ARGS)
-        fsutil.write_json(run_dir / rundir.DATA_REPORT, ds.report.to_dict())
-        ds.save(run_dir / rundir.SPLIT)
-        state = _load_state(run_dir)
-        console.print(f"run folder: {run_dir}")
+        run = resume_run(resume, cfg.project) if resume is not None else prepare_run(cfg)
+    if run.state.done:
+        log.info(f"{run.dir or cfg.name} has already finished training; nothing to resume")
+        return rundir.load_run(run.dir) if run.dir else None
+    session = _Session(run, cluster or make_cluster(), progress or no_progress)
+    try:
+        session.build_model()
+        session.cache_features()
+        for stage_index in range(run.state.stage, len(run.stages)):
+            session.run_stage(stage_index)
+        report = session.evaluate()
+    except Exception as exc:
+        from edgeclf.train.distribute import ClusterError, peer_lost
 
-    import keras
-
-    from edgeclf.data.pipeline import image_dataset, make_augmenter
-    from edgeclf.models.build import HeadSpec, build_classifier, set_trainable
-    from edgeclf.train import features
-
-    keras.utils.set_random_seed(cfg.seed)
-    size, k = int(cfg.imgsz), len(ds.classes)
-    strategy = _strategy()
-    with strategy.scope():
-        model = build_classifier(cfg.model, size, k, "none" if state["epoch"] > 0 else cfg.weights,
-                                 HeadSpec(cfg.head_units, cfg.dropout))
-        if state["epoch"] > 0:
-            model.load_weights(run_dir / rundir.LAST)
-    augmenter = make_augmenter(cfg.flip, cfg.rotation, cfg.zoom, cfg.contrast, cfg.seed) if cfg.augment else None
-    class_weight = _class_weights(ds, k) if cfg.class_weights == "auto" else None
-    results_path = run_dir / rundir.RESULTS
-    rows = _read_results(results_path, state["epoch"])
-    stages = plan_stages(cfg)
-    t_start = time.time() - float(state.get("train_seconds", 0.0))
-    eval_fn = None
-
-    # Every stage's cut, found up front, so one decode and one LiteRT pass cache them all.
-    remaining = [(si, st) for si, st in enumerate(stages) if si >= state["stage"]]
-    cuts: dict[int, features.Cut] = {}
-    if cfg.cache:
-        for si, stage in remaining:
-            set_trainable(model, stage.unfreeze)
-            cut = features.find_cut(model)
-            if cut is not None and not cut.trivial:
-                cuts[si] = cut
-    cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    y_train = np.array([s.label for s in ds.train])
-    y_val = np.array([s.label for s in ds.val])
-    if cuts:
-        unique = sorted({c.index: c for c in cuts.values()}.values(), key=lambda c: c.index)
-        views = cfg.cache_views if augmenter is not None else 0
-        t0 = time.time()
-        with _Progress(console) as progress:
-            tr, va, engine_name = features.cache_features(
-                model, unique, [s.path for s in ds.train], [s.path for s in ds.val], size, cfg.resize,
-                augmenter, views, progress=progress)
-        by_index = {c.index: (t, v) for c, t, v in zip(unique, tr, va)}
-        cached = {si: by_index[c.index] for si, c in cuts.items()}
-        n = (1 + views) * len(ds.train) + len(ds.val)
-        dt = time.time() - t0
-        y_train = np.tile(y_train, 1 + views)
-        console.print(f"cached features at {len(unique)} cut(s) for {n} images ({1 + views} view(s) of train, "
-                      f"val clean) with {engine_name} in {dt:.0f}s ({n / max(dt, 1e-9):.0f} images/s)")
-
-    for si, stage in remaining:
-        trainable = set_trainable(model, stage.unfreeze)
-        cut = cuts.get(si)
-        console.print(f"[b]stage {si + 1}/{len(stages)}: {stage.name}[/b] — {stage.epochs} epochs, lr {stage.lr:g}, "
-                      f"{trainable} backbone layers trainable"
-                      + (f", training above {model.layers[cut.index].name} on cached features" if cut else ""))
-        if cut is not None:
-            x_tr, x_val = cached[si]
-            _, fit_model = features.split_model(model, cut)
-            fit_args = dict(x=x_tr.astype(np.float32), y=keras.utils.to_categorical(y_train, k),
-                            batch_size=cfg.batch, shuffle=True,
-                            validation_data=(x_val.astype(np.float32), keras.utils.to_categorical(y_val, k)))
-            eval_fn = (lambda m=fit_model, xv=x_val: m.predict(xv.astype(np.float32), batch_size=256, verbose=0))
-        else:
-            fit_model = model
-            train_ds = image_dataset(ds.train, size, k, cfg.batch, cfg.resize, shuffle=True, seed=cfg.seed,
-                                     augmenter=augmenter)
-            val_ds = image_dataset(ds.val, size, k, cfg.batch, cfg.resize)
-            fit_args = dict(x=train_ds, validation_data=val_ds)
-            eval_fn = (lambda m=model, vd=val_ds: m.predict(vd, verbose=0))
-        with strategy.scope():
-            opt = (keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop)(stage.lr)
-            fit_model.compile(optimizer=opt,
-                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                              metrics=["accuracy"])
-        callbacks = [_EpochLogger(model, run_dir, stage, si, cfg, state, rows, results_path, console, t_start)]
-        if cfg.schedule == "cosine":
-            callbacks.append(keras.callbacks.LearningRateScheduler(lambda e, _lr, s=stage: lr_at(e, s, cfg)))
-        else:
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.3, patience=2,
-                                                               min_lr=stage.lr * 1e-3))
-        start = state["stage_epoch"] if si == state["stage"] else 0
-        if start < stage.epochs and not state.get("stopped_stage") == si:
-            fit_model.fit(epochs=stage.epochs, initial_epoch=start, callbacks=callbacks, verbose=0,
-                          class_weight=class_weight, **fit_args)
-        # the next stage starts from the best weights so far
-        if (run_dir / rundir.BEST).is_file():
-            model.load_weights(run_dir / rundir.BEST)
-        state.update(stage=si + 1, stage_epoch=0, since_best=0)
-        fsutil.write_json(run_dir / rundir.STATE, state)
-
-    # Evaluate the best model on the validation split (through the last stage's cached features).
-    model.load_weights(run_dir / rundir.BEST)
-    if eval_fn is None:  # resumed after the last stage had finished: run the whole model on LiteRT
-        runner = features.TFLiteRunner(model)
-        eval_fn = (lambda: runner(np.concatenate([x.numpy() for x, _ in image_dataset(ds.val, size, k, 64, cfg.resize)])))
-    probs = eval_fn()
-    rep = metrics.classification_report(probs, y_val, ds.classes)
-    rep.update(model=cfg.model, imgsz=size, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-               train_seconds=round(time.time() - t_start, 1))
-    if ds.test:
-        test_ds = image_dataset(ds.test, size, k, cfg.batch, cfg.resize)
-        rep["test"] = metrics.classification_report(model.predict(test_ds, verbose=0),
-                                                      np.array([s.label for s in ds.test]), ds.classes)
-    fsutil.write_json(run_dir / rundir.REPORT, rep)
-    cm = np.array(rep["confusion_matrix"])
-    reporting.plot_confusion(cm, ds.classes, run_dir / "confusion_matrix.png", normalize=False)
-    reporting.plot_confusion(cm, ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)
-    reporting.plot_results(results_path, run_dir / "results.png")
-    state.update(done=True, train_seconds=rep["train_seconds"])
-    fsutil.write_json(run_dir / rundir.STATE, state)
-    _print_summary(rep, ds.classes, run_dir, console)
-    return rundir.load_run(run_dir)
+        if session.cluster.workers > 1 and peer_lost(exc):
+            raise ClusterError(f"a worker of the cluster stopped ({type(exc).__name__}) after epoch "
+                               f"{run.state.epoch}: start every worker again with the same command, the run "
+                               f"resumes from there") from exc
+        raise
+    session.write_report(report)
+    return rundir.load_run(run.dir) if run.dir else None
 
 
-class _EpochLogger:
-    """A Keras callback (duck-typed to keep keras out of module import): logs, checkpoints, early stops."""
+def _keras_tracebacks() -> None:
+    """With ``--debug``, tracebacks keep Keras' own frames (Keras filters them out by default)."""
+    from edgeclf import log as edgeclf_log
 
-    def __new__(cls, *args, **kwargs):
+    if edgeclf_log.settings.debug:
         import keras
 
-        class EpochLogger(keras.callbacks.Callback):
-            def __init__(self, model, run_dir, stage, stage_index, cfg, state, rows, results_path, console, t_start):
-                super().__init__()
-                self.full_model, self.run_dir, self.stage, self.si = model, run_dir, stage, stage_index
-                self.cfg, self.state, self.rows, self.results_path = cfg, state, rows, results_path
-                self.console, self.t_start = console, t_start
-                self.t0 = time.time()
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.time()
-
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                st = self.state
-                st["epoch"] += 1
-                st["stage"], st["stage_epoch"] = self.si, epoch + 1
-                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-                val_acc = float(logs.get("val_accuracy", 0.0))
-                row = {"epoch": st["epoch"], "stage": self.stage.name, "stage_epoch": epoch + 1,
-                       "train_loss": f"{logs.get('loss', 0):.5f}", "train_acc": f"{logs.get('accuracy', 0):.5f}",
-                       "val_loss": f"{logs.get('val_loss', 0):.5f}", "val_acc": f"{val_acc:.5f}", "lr": f"{lr:.3g}",
-                       "seconds": f"{time.time() - self.t0:.1f}", "elapsed": f"{time.time() - self.t_start:.1f}"}
-                self.rows.append(row)
-                _save_model(self.full_model, self.run_dir / rundir.LAST)
-                improved = val_acc > st["best_val_acc"]
-                if improved:
-                    st.update(best_val_acc=val_acc, best_epoch=st["epoch"], since_best=0)
-                    _save_model(self.full_model, self.run_dir / rundir.BEST)
-                else:
-                    st["since_best"] += 1
-                _write_results(self.results_path, self.rows)
-                st["train_seconds"] = round(time.time() - self.t_start, 1)
-                if st["since_best"] >= self.cfg.patience:
-                    st["stopped_stage"] = self.si
-                    self.model.stop_training = True
-                fsutil.write_json(self.run_dir / rundir.STATE, st)
-                self.console.print(
-                    f"{self.stage.name:>9} {epoch + 1:>3}/{self.stage.epochs:<3} loss {logs.get('loss', 0):.4f} "
-                    f"acc {logs.get('accuracy', 0):.4f} | val loss {logs.get('val_loss', 0):.4f} "
-                    f"acc {val_acc:.4f} | lr {lr:.2g} | {time.time() - self.t0:.1f}s" + (" *" if improved else "")
-                    + (" (early stop)" if self.model.stop_training else ""), highlight=False)
-
-        return EpochLogger(*args, **kwargs)
+        keras.config.disable_traceback_filtering()
 
 
-def _print_summary(rep: dict, classes: list[str], run_dir: Path, console) -> None:
-    from rich.table import Table
+def check_config(cfg: TrainConfig) -> None:
+    """Settings a run cannot start with: one-line errors before anything is written."""
+    backbone = get_backbone(cfg.model)
+    cfg.imgsz = int(cfg.imgsz or backbone.size)
+    if cfg.imgsz < backbone.min_size:
+        raise EdgeclfError(f"{cfg.model} needs --imgsz of at least {backbone.min_size}")
+    if cfg.optimizer not in ("adam", "rmsprop"):
+        raise EdgeclfError(f"--optimizer must be adam or rmsprop (got {cfg.optimizer})")
+    if str(cfg.unfreeze) != "all" and not str(cfg.unfreeze).isdigit():
+        raise EdgeclfError(f"--unfreeze takes a number of layers or 'all' (got {cfg.unfreeze})")
+    if cfg.cache_views < 0:
+        raise EdgeclfError(f"--cache-views must be 0 or more (got {cfg.cache_views})")
+    if cfg.batch < 1:
+        raise EdgeclfError(f"--batch must be 1 or more (got {cfg.batch})")
 
-    table = Table(title=f"best model (epoch {rep['best_epoch']}) on {rep['images']} validation images")
-    for col in ("class", "precision", "recall", "F1", "support"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for c in classes:
-        m = rep["per_class"][c]
-        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    console.print(table)
-    extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
-    console.print(f"[b]val top-1 {rep['top1']:.2%}[/b]{extra}, macro-F1 {rep['macro_f1']:.3f}, "
-                  f"{rep['train_seconds']:.0f}s of training. Results in {run_dir}")
-    console.print(f"next: edgeclf export {run_dir} --int8", highlight=False)
+
+def prepare_run(cfg: TrainConfig, exact_name: bool = False) -> Run:
+    """Scan the data and create the run folder with the settings, data report and exact split
+    (``project/name``, or ``name2``, ``name3``… when taken, unless ``exact_name``)."""
+    check_config(cfg)
+    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+    log.info(format_report(ds.report))
+    if exact_name:
+        run_dir = Path(cfg.project) / cfg.name
+        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = rundir.new_run_dir(cfg.project, cfg.name)
+    cfg.data = str(Path(cfg.data).resolve())
+    cfg.save(run_dir / rundir.ARGS)
+    fsutil.write_json(run_dir / rundir.DATA_REPORT, ds.report.to_dict())
+    ds.save(run_dir / rundir.SPLIT)
+    log.info(f"run folder: {run_dir}")
+    return Run(run_dir, cfg, ds, RunState())
+
+
+def resume_run(resume: str | Path, project: str | Path) -> Run:
+    """The run folder ``resume`` (``"last"``: the latest under ``project``) as it was left."""
+    run_dir = rundir.latest_run(project) if str(resume) == "last" else Path(resume)
+    info = rundir.load_run(run_dir)
+    state = RunState.load(run_dir)
+    if not state.done:
+        if state.epoch > 0 and not (run_dir / rundir.LAST).is_file():
+            raise EdgeclfError(f"{run_dir}: {rundir.LAST} is missing; cannot resume")
+        log.info(f"resuming {run_dir} after epoch {state.epoch}")
+    return Run(run_dir, info.config, info.dataset(), state)
+
+
+def open_cluster_run(cfg: TrainConfig, cluster) -> Run:
+    """The run of a cluster: the chief creates ``--project/--name`` or resumes it when it is there (a
+    restarted cluster); the other workers scan the same data and take the chief's state."""
+    from dataclasses import asdict
+
+    check_config(cfg)
+    if cluster.is_chief:
+        run_dir = Path(cfg.project) / cfg.name
+        if (run_dir / rundir.ARGS).is_file():
+            run = resume_run(run_dir, cfg.project)
+        elif run_dir.is_dir() and any(run_dir.iterdir()):
+            raise EdgeclfError(f"{run_dir} exists and is not a run folder: choose another --name")
+        else:
+            run = prepare_run(cfg, exact_name=True)
+    else:
+        run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed), RunState())
+    cluster.same_everywhere(_fingerprint(run.cfg, run.data), "the training settings or the data split")
+    run.state = RunState(**cluster.broadcast_json(asdict(run.state)))
+    return run
+
+
+def _fingerprint(cfg: TrainConfig, ds: Dataset) -> int:
+    """What every worker of a cluster must agree on: the settings that shape training, and the split."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    local = {"data", "project", "name", "cache_dir", "distributed"}  # may differ from host to host
+    settings = {k: v for k, v in asdict(cfg).items() if k not in local}
+    split = [(os.path.relpath(s.path, ds.root), s.label, s.split) for s in ds.samples]
+    digest = hashlib.sha256(json.dumps([settings, ds.classes, split], sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:6], "big")  # 48 bits: exact in the float64 the all-reduce carries
+
+
+@dataclass
+class _StageInputs:
+    """What one stage fits on: the cached features above its cut (one store per split), or images."""
+
+    cut: object | None  # features.Cut
+    stores: dict = field(default_factory=dict)  # split -> cache.FeatureStore
+
+
+class _Session:
+    """The steps of :func:`train` on one run, sharing the model, the cluster and the cached features."""
+
+    def __init__(self, run: Run, cluster, progress: Progress):
+        self.run, self.cfg, self.cluster, self.progress = run, run.cfg, cluster, progress
+        self.ds = run.data
+        self.size, self.k = int(self.cfg.imgsz), len(self.ds.classes)
+        # this worker's share of every split (all of it on one machine)
+        self.local = {split: self.ds.split(split)[cluster.rank::cluster.workers] for split in ("train", "val", "test")}
+        self.y = {split: np.array([s.label for s in samples], dtype=np.int64) for split, samples in self.local.items()}
+        self.inputs: dict[int, _StageInputs] = {}
+        self.views = 0
+
+    # -- the model ------------------------------------------------------------------------------------
+    def build_model(self) -> None:
+        """The classifier, with the weights this run continues from (on a cluster: the chief's)."""
+        import keras
+
+        from edgeclf.data.pipeline import make_augmenter
+        from edgeclf.models.build import HeadSpec, build_classifier
+        from edgeclf.train.callbacks import save_model
+
+        cfg, state, chief = self.cfg, self.run.state, self.cluster.is_chief
+        keras.utils.set_random_seed(cfg.seed)
+        # a new run starts from cfg.weights, a resumed stage from its last epoch, a new stage from the best
+        start = None if state.epoch == 0 else (rundir.LAST if state.stage_epoch else rundir.BEST)
+        with self.cluster.scope():
+            self.model = build_classifier(cfg.model, self.size, self.k,
+                                          cfg.weights if start is None and chief else "none",
+                                          HeadSpec(cfg.head_units, cfg.dropout))
+            if start is not None and chief:
+                self.model.load_weights(self.run.dir / start)
+        self.cluster.broadcast_weights(self.model)
+        self.weights_epoch = {None: 0, rundir.LAST: state.epoch, rundir.BEST: state.best_epoch}[start]
+        self.augmenter = (make_augmenter(cfg.flip, cfg.rotation, cfg.zoom, cfg.contrast, cfg.seed)
+                          if cfg.augment else None)
+        self.recorder = EpochRecorder(self.run.dir, state, cfg.patience, lambda p: save_model(self.model, p),
+                                      writes=chief)
+
+    def _load_best(self) -> None:
+        best = self.run.state.best_epoch
+        if best > 0 and self.weights_epoch != best:
+            if self.cluster.is_chief:
+                self.model.load_weights(self.run.dir / rundir.BEST)
+            self.cluster.broadcast_weights(self.model)
+            self.weights_epoch = best
+
+    # -- the feature cache ----------------------------------------------------------------------------
+    def cache_features(self) -> None:
+        """Features at the cut of every stage still to run (and of the last stage, which evaluates),
+        read from the disk cache or computed there: one decode of each image, one LiteRT pass."""
+        from edgeclf.models.build import set_trainable
+        from edgeclf.train import features
+
+        todo = sorted(set(range(self.run.state.stage, len(self.run.stages))) | {len(self.run.stages) - 1})
+        for si in todo:
+            set_trainable(self.model, self.run.stages[si].unfreeze)
+            cut = features.find_cut(self.model) if self.cfg.cache else None
+            self.inputs[si] = _StageInputs(cut if cut is not None and not cut.trivial else None)
+        cuts = {c.name(self.model): c for c in (i.cut for i in self.inputs.values()) if c is not None}
+        if not cuts:
+            return
+        self.views = self.cfg.cache_views if self.augmenter is not None else 0
+        stores, report = self._cached_features(cuts)
+        for inputs in self.inputs.values():
+            if inputs.cut is not None:
+                name = inputs.cut.name(self.model)
+                inputs.stores = {split: stores[(split, name)] for split, c in stores if c == name}
+        self.run.state.feature_cache = report.to_dict()
+        what = (f"computed {report.rows_computed} rows with {report.engine} in {report.seconds_computing:.0f}s"
+                + (f", reused {report.rows_reused}" if report.rows_reused else "")
+                if report.rows_computed else f"reused {report.rows_reused} rows, nothing computed")
+        log.info(f"feature cache at {', '.join(cuts)} ({1 + self.views} view(s) of train, val clean): {what} "
+                 f"[{report.dir}]")
+
+    def _cached_features(self, cuts: dict):
+        from edgeclf.data.pipeline import reseed
+        from edgeclf.models.build import build_classifier
+        from edgeclf.train import cache, features
+
+        cfg = self.cfg
+        # LiteRT converts a plain Keras model: on several replicas, a copy outside the strategy
+        source = self.model
+        if self.cluster.distributed:
+            source = build_classifier(cfg.model, self.size, self.k, "none")
+            source.set_weights(self.model.get_weights())
+        versions = _versions()
+        base = {"format": cache.FORMAT, "model": cfg.model, "preprocess": get_backbone(cfg.model).preprocess,
+                "imgsz": self.size, "resize": cfg.resize, "versions": versions}
+        augment = {"flip": cfg.flip, "rotation": cfg.rotation, "zoom": cfg.zoom, "contrast": cfg.contrast}
+        jobs, specs = [], {}
+        for split in ("train", "val", "test"):
+            samples = self.local[split]
+            if split == "test" and not samples:
+                continue
+            views = self.views if split == "train" else 0
+            digests = [s.sha256 for s in samples]
+            if not all(digests):
+                digests = cache.file_digests([s.path for s in samples])
+            files = {"files": _sha(digests), "images": len(samples), "views": views,
+                     "augment": augment if views else None, "seed": cfg.seed if views else None}
+            jobs.append(cache.SplitJob(split, [s.path for s in samples], views))
+            for name, cut in cuts.items():
+                parts = {**base, **files, "cut": name, "cut_index": cut.index,
+                         "weights": cache.weights_digest(source.layers[:cut.index + 1])}
+                specs[(split, name)] = cache.EntrySpec(parts, tuple(int(d) for d in cut.tensor.shape[1:]),
+                                                        len(samples), views)
+
+        def make_engine(names: list[str]):
+            import keras
+
+            bottom = keras.Model(source.input, [source.get_layer(n).output for n in names], name="bottom")
+            return features.make_engine(bottom)
+
+        augment_fn = features.augmentation(self.augmenter, self.size) if self.views else None
+
+        def batches(paths: list[str], views: int, shard: int):
+            if views:
+                reseed(self.augmenter, cfg.seed, shard)
+            return features.decoded_batches(paths, self.size, cfg.resize, views, augment_fn if views else None, 64)
+
+        total = sum(len(j.paths) * (1 + j.views) for j in jobs)
+        with self.progress("caching features", total) as advance:
+            return cache.ensure(cache.resolve_dir(cfg.cache_dir), jobs, specs, make_engine, batches, advance)
+
+    # -- the stages -----------------------------------------------------------------------------------
+    def _fit_model(self, stage_index: int):
+        """The model a stage fits: the top above its cut, or the whole classifier."""
+        from edgeclf.train import features
+
+        cut = self.inputs[stage_index].cut
+        if cut is None:
+            return self.model
+        with self.cluster.scope():  # a model made in the strategy's scope trains under it
+            return features.split_model(self.model, cut)[1]
+
+    def _plan(self):
+        from edgeclf.train.inputs import Plan
+
+        c = self.cluster
+        if c.workers == 1:  # Keras splits each global batch over the local replicas itself
+            return Plan(self.cfg.batch, 1, 1, 1)
+        return Plan(self.cfg.batch, c.replicas, c.local_replicas, c.workers)
+
+    def _datasets(self, stage_index: int, class_weight):
+        """(train, validation) inputs of a stage and fit's step arguments, for this worker."""
+        from edgeclf.train import inputs as stage_inputs
+
+        cfg, plan, inputs = self.cfg, self._plan(), self.inputs[stage_index]
+        n_train = len(self.ds.train) * (1 + (self.views if inputs.cut is not None else 0))
+        steps = plan.steps(n_train)
+        val_share = -(-len(self.ds.val) // self.cluster.workers)  # the largest worker's share
+        val_steps = max(1, -(-val_share // (plan.replica_batch * plan.local_replicas)))
+        if inputs.cut is not None:
+            make_train = lambda: stage_inputs.feature_dataset(  # noqa: E731
+                inputs.stores["train"], self.y["train"], self.k, plan, steps, True, cfg.seed + stage_index,
+                class_weight, cfg.mixup)
+            make_val = lambda: stage_inputs.feature_dataset(  # noqa: E731
+                inputs.stores["val"], self.y["val"], self.k, plan, val_steps, False, 0)
+        else:
+            make_train = lambda: stage_inputs.image_batches(  # noqa: E731
+                self.local["train"], self.size, self.k, plan, steps, cfg.resize, True, cfg.seed + stage_index,
+                self.augmenter, class_weight)
+            make_val = lambda: stage_inputs.image_batches(  # noqa: E731
+                self.local["val"], self.size, self.k, plan, val_steps, cfg.resize, False, 0)
+        if self.cluster.workers == 1:
+            return dict(x=make_train(), validation_data=make_val())
+        strategy = self.cluster.strategy
+        return dict(x=strategy.distribute_datasets_from_function(lambda ctx: make_train()),
+                    validation_data=strategy.distribute_datasets_from_function(lambda ctx: make_val()),
+                    steps_per_epoch=steps, validation_steps=val_steps)
+
+    def run_stage(self, stage_index: int) -> None:
+        """Fit one stage from where it stands, then load the best weights for what follows."""
+        import keras
+
+        from edgeclf.models.build import set_trainable
+        from edgeclf.train.callbacks import EpochCheckpoint
+
+        cfg, state, stage = self.cfg, self.run.state, self.run.stages[stage_index]
+        if not state.stage_finished(stage_index, stage):
+            trainable = set_trainable(self.model, stage.unfreeze)
+            inputs = self.inputs[stage_index]
+            fit_model = self._fit_model(stage_index)
+            log.info(f"stage {stage_index + 1}/{len(self.run.stages)}: {stage.name} — {stage.epochs} epochs, "
+                     f"lr {stage.lr:g}, {trainable} backbone layers trainable"
+                     + (f", training above {inputs.cut.name(self.model)} on cached features"
+                        if inputs.cut is not None else ""))
+            class_weight = _class_weights(np.array([s.label for s in self.ds.train]), self.k) \
+                if cfg.class_weights == "auto" else None
+            data = self._datasets(stage_index, class_weight)
+            # On a cluster, validation batches are padded with weight-0 rows: the metrics must weigh rows
+            # (weighted_metrics) and the loss divide by the weights, not by the batch size.
+            padded = self.cluster.workers > 1
+            with self.cluster.scope():
+                optimizer = (keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop)(stage.lr)
+                loss = keras.losses.CategoricalCrossentropy(
+                    label_smoothing=cfg.label_smoothing,
+                    reduction="mean_with_sample_weight" if padded else "sum_over_batch_size")
+                fit_model.compile(optimizer=optimizer, loss=loss, metrics=None if padded else ["accuracy"],
+                                  weighted_metrics=["accuracy"] if padded else None)
+            callbacks = [EpochCheckpoint(self.recorder, stage_index, stage)]
+            if cfg.schedule == "cosine":
+                callbacks.append(keras.callbacks.LearningRateScheduler(
+                    lambda e, _lr: lr_at(e, stage, cfg.warmup_epochs)))
+            else:
+                callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", factor=0.3, patience=2,
+                                                                   min_lr=stage.lr * 1e-3))
+            fit_model.fit(epochs=stage.epochs, initial_epoch=state.start_epoch(stage_index), callbacks=callbacks,
+                          verbose=0, **data)
+            self.weights_epoch = state.epoch
+        self._load_best()  # the next stage starts from the best weights so far
+        self.recorder.end_stage(stage_index)
+
+    # -- evaluation and report ------------------------------------------------------------------------
+    def _counts(self, split: str) -> tuple[np.ndarray, int]:
+        """Confusion matrix and top-5 hits of the best model on this worker's share of a split,
+        through the last stage's inputs, summed over the cluster's workers."""
+        import tensorflow as tf
+
+        from edgeclf.train import inputs as stage_inputs
+
+        last = len(self.run.stages) - 1
+        inputs, model = self.inputs[last], self._fit_model(last)
+        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        plan = stage_inputs.Plan(256, 1, 1, 1)
+        if inputs.cut is not None:
+            data = stage_inputs.feature_dataset(inputs.stores[split], self.y[split], self.k, plan, 0, False, 0)
+        else:
+            data = stage_inputs.image_batches(self.local[split], self.size, self.k, plan, 0, self.cfg.resize,
+                                              False, 0, cache_budget=0)
+        cm, top5 = np.zeros((self.k, self.k), np.int64), 0
+        for x, y, _ in data:
+            probs = predict(x).numpy()
+            truth = y.numpy().argmax(axis=1)
+            cm += metrics.confusion(truth, probs.argmax(axis=1), self.k)
+            top5 += metrics.top5_hits(probs, truth)
+        counts = self.cluster.reduce(np.concatenate([cm.ravel(), [top5]]), "SUM")
+        return counts[:-1].reshape(self.k, self.k), int(counts[-1])
+
+    def evaluate(self) -> dict:
+        """``report.json``'s content: the best weights on the validation (and test) split."""
+        self._load_best()
+        state = self.run.state
+        cm, top5 = self._counts("val")
+        rep = metrics.report_from_counts(cm, self.ds.classes, top5)
+        rep.update(model=self.cfg.model, imgsz=self.size, best_epoch=state.best_epoch, epochs_run=state.epoch,
+                   train_seconds=round(time.time() - self.recorder.t_start, 1))
+        if self.ds.test:
+            cm, top5 = self._counts("test")
+            rep["test"] = metrics.report_from_counts(cm, self.ds.classes, top5)
+        if state.feature_cache:
+            rep["feature_cache"] = state.feature_cache
+        if self.cluster.workers > 1:
+            from edgeclf.train.cache import weights_digest
+
+            rep["cluster"] = {"workers": self.cluster.workers, "replicas": self.cluster.replicas}
+            digest = weights_digest(self.model.layers)
+            self.cluster.same_everywhere(int(digest[:12], 16), "the final weights")
+            log.info(f"{self.cluster.task}: final weights sha256 {digest}, the same on every worker")
+        return rep
+
+    def write_report(self, rep: dict) -> None:
+        from edgeclf.train import report as reporting
+
+        run_dir, state = self.run.dir, self.run.state
+        state.done, state.train_seconds = True, rep["train_seconds"]
+        extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
+        log.info(f"val top-1 {rep['top1']:.2%}{extra}, macro-F1 {rep['macro_f1']:.3f} (best epoch "
+                 f"{rep['best_epoch']} of {rep['epochs_run']}), {rep['train_seconds']:.0f}s of training")
+        if not self.cluster.is_chief:
+            return
+        fsutil.write_json(run_dir / rundir.REPORT, rep)
+        cm = np.array(rep["confusion_matrix"])
+        reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix.png", normalize=False)
+        reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)
+        reporting.plot_results(run_dir / rundir.RESULTS, run_dir / "results.png")
+        state.save(run_dir)
+
+
+def _sha(items: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def _versions() -> dict:
+    """Library versions the cached numbers depend on (augmentation and conversion may change)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _class_weights(y_train: np.ndarray, k: int) -> dict[int, float]:
+    counts = np.bincount(y_train, minlength=k).astype(float)
+    return {i: float(counts.sum() / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
