@@ -198,8 +198,12 @@ def test_numbers_agree_with_export_and_are_consistent(bench_out, export_dir):
         fp32 = by[(device, "tflite-fp32", "litert")]
         assert float(fp32["drop_pt"]) == 0 and float(fp32["agreement"]) == 1.0
         assert float(fp32["worst_class_drop_pt"]) == 0 and float(fp32["mcnemar_p"]) == 1.0
-        for key in (("tflite-fp16", "litert"), ("onnx-fp32", "onnxruntime"), ("onnx-fp32", "opencv")):
+        for key in (("onnx-fp32", "onnxruntime"), ("onnx-fp32", "opencv")):
             assert float(by[(device, *key)]["agreement"]) >= 0.99, key  # float formats: the same model
+        # half-precision weights may flip an image whose fp32 top-2 are within rounding (test_export checks which)
+        fp16 = by[(device, "tflite-fp16", "litert")]
+        assert float(fp16["agreement"]) >= 0.98 and float(fp16["agreement"]) == \
+            float(by[("local", "tflite-fp16", "litert")]["agreement"])
         for key in (("tflite-int8", "litert"), ("onnx-int8", "onnxruntime")):
             assert 0.8 <= float(by[(device, *key)]["agreement"]) <= 1.0, key
             assert by[(device, *key)]["worst_class"] in ("ants", "bees")
