@@ -53,6 +53,8 @@ MAX_RANKED_GROUPS = 64  # more groups than this (big backbones): the 64 with the
 RERANKED_GROUPS = 24  # later rounds re-rank the best of the previous round's order
 FALLBACK_GROUPS = 8  # at most this many groups are kept in float
 FALLBACK_ROUNDS = 3  # rank, revert the helpful ones (1, 2, 4 ... at a time), re-rank the rest
+RANKING_SECONDS = 180  # a ranking round stops after this long (big backbones: each revert is a slow convert)
+MIN_RANKED_GROUPS = 8  # ... but ranks at least this many groups
 
 CHOSEN, WITHIN, OVER, FAILED, COLLAPSED = "chosen", "within budget", "over budget", "failed", "collapsed"
 
@@ -229,7 +231,11 @@ class Judge:
         baseline = self.ranking_error(base)
         scored = []
         t0 = time.perf_counter()
-        for group in groups:
+        for n, group in enumerate(groups):
+            if n >= MIN_RANKED_GROUPS and time.perf_counter() - t0 > RANKING_SECONDS:
+                log.info("  ranking stopped after %d of %d groups (%d s; groups come worst SQNR first)", n,
+                         len(groups), RANKING_SECONDS)
+                break
             try:
                 p = self.run(build(group), images)
             except EdgeclfError as exc:
