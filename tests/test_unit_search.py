@@ -10,6 +10,7 @@ import pytest
 from edgeclf.contract import Artifact, Bundle, InputSpec, Recipe
 from edgeclf.convert import search
 
+_REAL_RUN = search.Judge._run  # before the fixture replaces it
 N = 100
 LABELS = np.array([i % 2 for i in range(N)])
 
@@ -134,3 +135,25 @@ def test_doubling():
     assert list(search.doubling(5)) == [1, 2, 4, 5]
     assert list(search.doubling(1)) == [1]
     assert list(search.doubling(0)) == []
+
+
+def test_a_candidate_too_slow_to_judge_here_is_skipped(judge, monkeypatch):
+    class Slow:
+        def prepare(self, x):
+            return x
+
+        def infer(self, tensor):
+            import time
+
+            time.sleep(0.05)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(search, "MAX_CANDIDATE_SECONDS", 1)
+    monkeypatch.setattr("edgeclf.runtime.backends.open_backend", lambda *a, **k: Slow())
+    monkeypatch.setattr(search.Judge, "_run", _REAL_RUN)  # the real one, on a backend 50 ms per image
+    result = search.run_search(judge, [cand(judge, "A16", _flips(0))])
+    assert result.data is None and result.trials[0].outcome == "skipped"
+    assert "to judge on this machine" in result.trials[0].note
+

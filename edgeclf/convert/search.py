@@ -56,7 +56,13 @@ FALLBACK_ROUNDS = 3  # rank, revert the helpful ones (1, 2, 4 ... at a time), re
 RANKING_SECONDS = 180  # a ranking round stops after this long (big backbones: each revert is a slow convert)
 MIN_RANKED_GROUPS = 8  # ... but ranks at least this many groups
 
-CHOSEN, WITHIN, OVER, FAILED, COLLAPSED = "chosen", "within budget", "over budget", "failed", "collapsed"
+CHOSEN, WITHIN, OVER, FAILED, COLLAPSED, SKIPPED = ("chosen", "within budget", "over budget", "failed", "collapsed",
+                                                   "skipped")
+MAX_CANDIDATE_SECONDS = 300  # a candidate whose judgement would take longer is skipped (16-bit on a big backbone)
+
+
+class TooSlow(EdgeclfError):
+    """A candidate too slow to judge on this machine."""
 
 
 @dataclass
@@ -144,6 +150,12 @@ class Judge:
             data = candidate.build()
             trial.bytes = len(data)
             probs, trial.p50_ms = self._run(data, self.images, latency=True)
+        except TooSlow as exc:
+            trial.outcome, trial.note = SKIPPED, _first_line(exc)
+            trial.seconds = time.perf_counter() - t0
+            log.info("  %-44s skipped: %s", trial.label, trial.note)
+            self.measured[candidate.recipe] = (trial, None)
+            return trial, None
         except EdgeclfError as exc:
             trial.outcome, trial.note = FAILED, _first_line(exc)
             trial.seconds = time.perf_counter() - t0
@@ -188,6 +200,16 @@ class Judge:
             art = Artifact(file=Path(fh.name).name, format=self.artifact.format, precision=self.artifact.precision)
             backend = open_backend(ModelRef(Path(fh.name), self.bundle, art, "search"), threads=self.threads)
             try:
+                if latency:  # one image first: is the whole judgement affordable here?
+                    tensor = backend.prepare(np.ascontiguousarray(images[:1]))
+                    backend.infer(tensor)
+                    t = time.perf_counter()
+                    backend.infer(tensor)
+                    estimate = (time.perf_counter() - t) * (len(images) + LATENCY_RUNS + LATENCY_WARMUP)
+                    if estimate > MAX_CANDIDATE_SECONDS:
+                        raise TooSlow(f"about {estimate:.0f} s to judge on this machine "
+                                      f"(> {MAX_CANDIDATE_SECONDS} s): {1000 * estimate / (len(images) + 35):.0f} "
+                                      f"ms per image")
                 probs = np.concatenate([backend.predict(images[k:k + 32]) for k in range(0, len(images), 32)])
                 if not latency:
                     return probs, None
