@@ -152,19 +152,24 @@ class FeatureStore:
         self._fds: dict[int, int] = {}
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """float16 features of ``rows`` (global row numbers), in that order."""
+        """float16 features of ``rows`` (global row numbers), in that order. Consecutive rows of a shard
+        are read with one ``pread``."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *self.shape), np.float16)
+        if not len(rows):
+            return out
         flat = out.reshape(len(rows), -1).view(np.uint8).reshape(len(rows), self.row_bytes)
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
-        for i, (r, s) in enumerate(zip(rows, shard_of)):
-            fd = self._fd(int(s))
-            pos = self._offsets[s] + (int(r) - int(self._starts[s])) * self.row_bytes
-            data = os.pread(fd, self.row_bytes, pos)
-            if len(data) != self.row_bytes:
+        breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(shard_of) != 0)) + 1
+        for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])):
+            s = int(shard_of[a])
+            pos = self._offsets[s] + (int(rows[a]) - int(self._starts[s])) * self.row_bytes
+            want = (b - a) * self.row_bytes
+            data = os.pread(self._fd(s), want, pos)
+            if len(data) != want:
                 raise EdgeclfError(f"{self._files[s]}: cache shard shorter than its manifest says "
                                    f"(delete {self.folder} and train again)")
-            flat[i] = np.frombuffer(data, np.uint8)
+            flat[a:b] = np.frombuffer(data, np.uint8).reshape(b - a, self.row_bytes)
         return out
 
     def _fd(self, shard: int) -> int:
