@@ -354,7 +354,7 @@ class _Session:
         if inputs.cut is not None:
             make_train = lambda: stage_inputs.feature_dataset(  # noqa: E731
                 inputs.stores["train"], self.y["train"], self.k, plan, steps, True, cfg.seed + stage_index,
-                class_weight, cfg.mixup)
+                class_weight)
             make_val = lambda: stage_inputs.feature_dataset(  # noqa: E731
                 inputs.stores["val"], self.y["val"], self.k, plan, val_steps, False, 0)
         else:
