@@ -44,7 +44,6 @@ log = get_logger(__name__)
 FORMAT = 1
 SHARD_IMAGES = 512  # images per shard file (with all their views)
 FEATURES = "features"  # the entries live in <cache dir>/features/
-WORKERS = "workers"  # <cache dir>/workers/: what a cluster worker keeps between restarts
 
 
 def default_dir() -> Path:
@@ -67,7 +66,7 @@ def clear(cache_dir: str | Path | None) -> tuple[Path, int]:
     root = resolve_dir(cache_dir)
     if not root.exists():
         return root, 0
-    if not (root / FEATURES).is_dir() and not (root / WORKERS).is_dir() and any(root.iterdir()):
+    if not (root / FEATURES).is_dir() and any(root.iterdir()):
         raise EdgeclfError(f"{root} does not look like an edgeclf cache folder (no {FEATURES}/ inside): "
                            f"not deleting it")
     freed = folder_bytes(root)
