@@ -62,15 +62,22 @@ def folder_bytes(root: Path) -> int:
 
 
 def clear(cache_dir: str | Path | None) -> tuple[Path, int]:
-    """Delete the whole cache folder; return it and the bytes freed."""
+    """Delete the cached features (``<cache dir>/features``, and the folder itself when nothing else is
+    in it); return the folder and the bytes freed. A folder without ``features/`` is left alone."""
     root = resolve_dir(cache_dir)
     if not root.exists():
         return root, 0
-    if not (root / FEATURES).is_dir() and any(root.iterdir()):
-        raise EdgeclfError(f"{root} does not look like an edgeclf cache folder (no {FEATURES}/ inside): "
-                           f"not deleting it")
-    freed = folder_bytes(root)
-    shutil.rmtree(root)
+    features = root / FEATURES
+    if not features.is_dir():
+        if any(root.iterdir()):
+            raise EdgeclfError(f"{root} does not look like an edgeclf cache folder (no {FEATURES}/ inside): "
+                               f"not deleting it")
+        root.rmdir()
+        return root, 0
+    freed = folder_bytes(features)
+    shutil.rmtree(features)
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only if empty
     return root, freed
 
 
