@@ -28,8 +28,8 @@ class TrainConfig:
     imgsz: int | None = None  # None: the backbone's default
     weights: str = "imagenet"  # imagenet | none | path to a .h5/.weights.h5
     epochs: int = 15  # stage 1: backbone frozen, head trained
-    fine_tune_epochs: int = 8  # stage 2: top layers unfrozen (0: skip)
-    unfreeze: str = "8"  # top weighted backbone layers trained in stage 2, or "all"
+    fine_tune_epochs: int = 12  # stage 2: top layers unfrozen (0: skip)
+    unfreeze: str = "20"  # top weighted backbone layers trained in stage 2, or "all" (MobileNetV2: its last 3 blocks)
     batch: int = 32
     lr: float = 1e-3
     fine_tune_lr: float = 1e-4
@@ -46,7 +46,6 @@ class TrainConfig:
     rotation: float = 0.05  # fraction of a full turn
     zoom: float = 0.1
     contrast: float = 0.1
-    mixup: float = 0.0  # mixup alpha on the cached features the top trains on (0: off)
     cache: bool = True  # train on cached backbone features (fast); False: full forward pass every epoch
     cache_views: int = 2  # augmented copies of each training image in the feature cache
     cache_dir: str | None = None  # the feature cache folder (None: $EDGECLF_CACHE_DIR or ~/.cache/edgeclf)

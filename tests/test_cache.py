@@ -1,5 +1,6 @@
-"""The feature cache's mechanics, with a stand-in engine (no TensorFlow): layout, reuse, damaged and
-half-written shards, keys. The real pipeline's reuse and invalidation are in test_train.py."""
+"""The feature cache's mechanics, with a stand-in engine (no model): layout, reuse, damaged and
+half-written shards, keys, and the batches training reads from it (tf.data). The real pipeline's reuse
+and invalidation are in test_train.py."""
 from __future__ import annotations
 
 import json
@@ -175,3 +176,31 @@ def test_clear_cache_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "edgeclf", "train", "--clear-cache", "--cache-dir", str(root)],
                           capture_output=True, text=True)
     assert done.returncode == 0 and "deleted the feature cache" in done.stderr and not root.exists()
+
+
+def test_feature_batches_one_machine_and_a_cluster(tmp_path):
+    """One machine: an epoch is one pass, every row once, the last batch short. A cluster worker: the
+    cluster's number of full batches (training wraps around its share; validation pads with weight 0)."""
+    from edgeclf.train.inputs import Plan, feature_dataset
+
+    stores, _ = _ensure(tmp_path, Engine())
+    train, val = stores[("train", "a")], stores[("val", "a")]  # 30 rows (10 images x 3 views), 3 rows
+    labels = np.arange(10) % 3
+    one = Plan(global_batch=4, replicas=1, local_replicas=1, workers=1)
+    batches = list(feature_dataset(train, labels, 3, one, steps=0, shuffle=True, seed=1).as_numpy_iterator())
+    assert [len(x) for x, _, _ in batches] == [4] * 7 + [2]
+    seen = np.concatenate([x[:, 0, 0] for x, _, _ in batches])
+    assert sorted(seen) == sorted(_expected_rows(train, 0)[:, 0, 0])  # each row once, in a shuffled order
+    assert not np.array_equal(seen, _expected_rows(train, 0)[:, 0, 0])
+    y = np.concatenate([y for _, y, _ in batches]).argmax(1)
+    assert np.array_equal(y, labels[(seen.astype(int) % 100)])  # each row keeps its image's label
+
+    cluster = Plan(global_batch=4, replicas=2, local_replicas=1, workers=2)  # 2 rows per replica and step
+    steps = cluster.steps(60)  # both workers' rows: 15 steps
+    got = list(feature_dataset(train, labels, 3, cluster, steps, shuffle=True, seed=1).as_numpy_iterator())
+    assert len(got) == 15 and all(len(x) == 2 and w.min() == 1 for x, _, w in got)
+    seen = np.concatenate([x[:, 0, 0] for x, _, _ in got])
+    assert len(set(seen)) == 30  # 30 rows in 30 slots: every row of the share once
+    padded = list(feature_dataset(val, labels, 3, cluster, steps=4, shuffle=False, seed=0).as_numpy_iterator())
+    weights = np.concatenate([w for _, _, w in padded])
+    assert len(padded) == 4 and weights.tolist() == [1, 1, 1] + [0] * 5  # 3 rows, then weight-0 padding

@@ -119,6 +119,7 @@ def test_resume_after_the_last_epoch_writes_the_report(small_run, tmp_path):
     report, original = (json.loads((r / "report.json").read_text()) for r in (run, small_run))
     assert report["images"] == 153 and report["best_epoch"] == original["best_epoch"]
     assert abs(report["top1"] - original["top1"]) <= 1 / 153  # the same best weights, evaluated again
+    assert report["feature_cache"]["rows_computed"] == 0  # the features the run trained on, read back
     assert json.loads((run / "state.json").read_text())["done"]
     with open(run / "results.csv") as fh, open(small_run / "results.csv") as ref:
         assert fh.read() == ref.read()  # no epoch trained again

@@ -44,7 +44,6 @@ log = get_logger(__name__)
 FORMAT = 1
 SHARD_IMAGES = 512  # images per shard file (with all their views)
 FEATURES = "features"  # the entries live in <cache dir>/features/
-WORKERS = "workers"  # <cache dir>/workers/: what a cluster worker keeps between restarts
 
 
 def default_dir() -> Path:
@@ -63,15 +62,22 @@ def folder_bytes(root: Path) -> int:
 
 
 def clear(cache_dir: str | Path | None) -> tuple[Path, int]:
-    """Delete the whole cache folder; return it and the bytes freed."""
+    """Delete the cached features (``<cache dir>/features``, and the folder itself when nothing else is
+    in it); return the folder and the bytes freed. A folder without ``features/`` is left alone."""
     root = resolve_dir(cache_dir)
     if not root.exists():
         return root, 0
-    if not (root / FEATURES).is_dir() and not (root / WORKERS).is_dir() and any(root.iterdir()):
-        raise EdgeclfError(f"{root} does not look like an edgeclf cache folder (no {FEATURES}/ inside): "
-                           f"not deleting it")
-    freed = folder_bytes(root)
-    shutil.rmtree(root)
+    features = root / FEATURES
+    if not features.is_dir():
+        if any(root.iterdir()):
+            raise EdgeclfError(f"{root} does not look like an edgeclf cache folder (no {FEATURES}/ inside): "
+                               f"not deleting it")
+        root.rmdir()
+        return root, 0
+    freed = folder_bytes(features)
+    shutil.rmtree(features)
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only if empty
     return root, freed
 
 
@@ -152,19 +158,24 @@ class FeatureStore:
         self._fds: dict[int, int] = {}
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """float16 features of ``rows`` (global row numbers), in that order."""
+        """float16 features of ``rows`` (global row numbers), in that order. Consecutive rows of a shard
+        are read with one ``pread``."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *self.shape), np.float16)
+        if not len(rows):
+            return out
         flat = out.reshape(len(rows), -1).view(np.uint8).reshape(len(rows), self.row_bytes)
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
-        for i, (r, s) in enumerate(zip(rows, shard_of)):
-            fd = self._fd(int(s))
-            pos = self._offsets[s] + (int(r) - int(self._starts[s])) * self.row_bytes
-            data = os.pread(fd, self.row_bytes, pos)
-            if len(data) != self.row_bytes:
+        breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(shard_of) != 0)) + 1
+        for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])):
+            s = int(shard_of[a])
+            pos = self._offsets[s] + (int(rows[a]) - int(self._starts[s])) * self.row_bytes
+            want = (b - a) * self.row_bytes
+            data = os.pread(self._fd(s), want, pos)
+            if len(data) != want:
                 raise EdgeclfError(f"{self._files[s]}: cache shard shorter than its manifest says "
                                    f"(delete {self.folder} and train again)")
-            flat[i] = np.frombuffer(data, np.uint8)
+            flat[a:b] = np.frombuffer(data, np.uint8).reshape(b - a, self.row_bytes)
         return out
 
     def _fd(self, shard: int) -> int:

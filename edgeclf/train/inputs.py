@@ -38,7 +38,7 @@ class Plan:
 
 
 def feature_dataset(store: FeatureStore, labels: np.ndarray, k: int, plan: Plan, steps: int, shuffle: bool,
-                    seed: int, class_weight: dict[int, float] | None = None, mixup: float = 0.0):
+                    seed: int, class_weight: dict[int, float] | None = None):
     """Batches of ``store``'s rows (labels: per image of the store), ``steps`` steps per iteration.
 
     Training (``shuffle``): a new permutation per pass over the rows, full batches, wrapping around
@@ -53,7 +53,6 @@ def feature_dataset(store: FeatureStore, labels: np.ndarray, k: int, plan: Plan,
                                                                            np.float32)
     row_labels = np.asarray(labels, dtype=np.int64)[store.image_of_row] if rows else np.zeros(0, np.int64)
     passes = [0]
-    mix_rng = np.random.default_rng([seed, 7])
 
     def order() -> np.ndarray:
         if not shuffle:
@@ -67,13 +66,6 @@ def feature_dataset(store: FeatureStore, labels: np.ndarray, k: int, plan: Plan,
         x = store.read(idx).astype(np.float32)
         y = np.eye(k, dtype=np.float32)[row_labels[idx]]
         w = weights[row_labels[idx]]
-        if mixup > 0 and shuffle and len(idx) > 1:  # mixup: each row blended with another of the batch
-            lam = mix_rng.beta(mixup, mixup, size=len(idx)).astype(np.float32)
-            lam = np.maximum(lam, 1 - lam)  # the row keeps the larger share: its own label dominates
-            other = mix_rng.permutation(len(idx))
-            x = lam.reshape(-1, *[1] * (x.ndim - 1)) * x + (1 - lam.reshape(-1, *[1] * (x.ndim - 1))) * x[other]
-            y = lam[:, None] * y + (1 - lam[:, None]) * y[other]
-            w = lam * w + (1 - lam) * w[other]
         pad = size - len(idx)
         if pad > 0:
             x = np.concatenate([x, np.zeros((pad, *store.shape), np.float32)])

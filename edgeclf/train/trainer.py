@@ -173,6 +173,10 @@ def open_cluster_run(cfg: TrainConfig, cluster) -> Run:
     else:
         run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed), RunState())
     cluster.same_everywhere(_fingerprint(run.cfg, run.data), "the training settings or the data split")
+    for split in ("train", "val"):
+        if len(run.data.split(split)) < cluster.workers:
+            raise EdgeclfError(f"{len(run.data.split(split))} {split} images for {cluster.workers} workers: every "
+                               f"worker needs a share of each split")
     run.state = RunState(**cluster.broadcast_json(asdict(run.state)))
     return run
 
@@ -288,10 +292,11 @@ class _Session:
         base = {"format": cache.FORMAT, "model": cfg.model, "preprocess": get_backbone(cfg.model).preprocess,
                 "imgsz": self.size, "resize": cfg.resize, "versions": versions}
         augment = {"flip": cfg.flip, "rotation": cfg.rotation, "zoom": cfg.zoom, "contrast": cfg.contrast}
+        weights = {name: cache.weights_digest(source.layers[:cut.index + 1]) for name, cut in cuts.items()}
         jobs, specs = [], {}
         for split in ("train", "val", "test"):
             samples = self.local[split]
-            if split == "test" and not samples:
+            if split == "test" and not self.ds.test:
                 continue
             views = self.views if split == "train" else 0
             digests = [s.sha256 for s in samples]
@@ -301,8 +306,7 @@ class _Session:
                      "augment": augment if views else None, "seed": cfg.seed if views else None}
             jobs.append(cache.SplitJob(split, [s.path for s in samples], views))
             for name, cut in cuts.items():
-                parts = {**base, **files, "cut": name, "cut_index": cut.index,
-                         "weights": cache.weights_digest(source.layers[:cut.index + 1])}
+                parts = {**base, **files, "cut": name, "cut_index": cut.index, "weights": weights[name]}
                 specs[(split, name)] = cache.EntrySpec(parts, tuple(int(d) for d in cut.tensor.shape[1:]),
                                                         len(samples), views)
 
@@ -354,7 +358,7 @@ class _Session:
         if inputs.cut is not None:
             make_train = lambda: stage_inputs.feature_dataset(  # noqa: E731
                 inputs.stores["train"], self.y["train"], self.k, plan, steps, True, cfg.seed + stage_index,
-                class_weight, cfg.mixup)
+                class_weight)
             make_val = lambda: stage_inputs.feature_dataset(  # noqa: E731
                 inputs.stores["val"], self.y["val"], self.k, plan, val_steps, False, 0)
         else:

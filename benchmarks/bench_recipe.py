@@ -1,0 +1,158 @@
+"""The default training recipe on flowers: today's defaults against the previous ones and the plain Keras
+recipe, one script run, one machine.
+
+Each recipe runs as a user runs it: `edgeclf train DATA --model mobilenet_v2 ...` in a child process,
+with an empty feature cache of its own (the first run on a data set, not a warm one). Wall time is from
+starting the command to its end (data scan and TensorFlow's start included); the accuracy is report.json's
+validation top-1 of the best epoch.
+
+* ``defaults``      the defaults of `edgeclf train` (TrainConfig);
+* ``previous``      the defaults before this recipe (15 frozen + 8 fine-tuning epochs of the last block,
+                    ``--unfreeze 8``): 92.26 % in 7.5 min in the main job of 2026-11-24;
+* ``plain_keras``   the previous recipe without the feature cache (``--no-cache``: every image through
+                    the whole network every epoch, as a Keras tutorial trains), stopped at ``--plain-budget``
+                    seconds (default 15 min); its best epoch so far is read from results.csv.
+
+    python benchmarks/bench_recipe.py                    # all three, about 35 minutes on 2 cores
+    python benchmarks/bench_recipe.py --only defaults
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = REPO.parent / "shared"
+FLOWERS = SHARED / "data" / "flower_photos"
+PREVIOUS = ["--epochs", "15", "--fine-tune-epochs", "8", "--unfreeze", "8", "--cache-views", "2"]
+RECIPES = {
+    "defaults": [],
+    "previous": PREVIOUS,
+    "plain_keras": PREVIOUS + ["--no-cache"],
+}
+
+
+def _rows(results_csv: Path) -> list[dict]:
+    if not results_csv.is_file():
+        return []
+    with open(results_csv, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def one(name: str, args: list[str], work: Path, budget: float | None) -> dict:
+    env = {**os.environ, "EDGECLF_CACHE_DIR": str(work / f"cache-{name}")}
+    env.setdefault("EDGECLF_WEIGHTS_DIR", str(SHARED / "weights"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "edgeclf", "train", str(FLOWERS), "--model", "mobilenet_v2", *args,
+           "--project", str(work / "runs"), "--name", name]
+    log = work / f"{name}.log"
+    t0 = time.time()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=budget)
+            stopped = False
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: the epochs written so far stay in results.csv
+            proc.wait()
+            stopped = True
+    wall = time.time() - t0
+    run = work / "runs" / name
+    rows = _rows(run / "results.csv")
+    if not stopped and proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{log.read_text()[-3000:]}")
+    report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else None
+    # results.csv's "elapsed" counts from training's start (after the scan): add the start-up of this run
+    offset = wall - float(rows[-1]["elapsed"]) if rows and not stopped and report else None
+    best = max(rows, key=lambda r: float(r["val_acc"])) if rows else None
+
+    def time_to(target: float):
+        hit = next((r for r in rows if float(r["val_acc"]) >= target), None)
+        return round(float(hit["elapsed"]) + (offset or 0.0)) if hit else None
+
+    cache = (report or {}).get("feature_cache", {})
+    return {"recipe": name, "args": args, "stopped_at_budget": stopped, "wall_s": round(wall, 1),
+            "val_top1": report["top1"] if report else (float(best["val_acc"]) if best else None),
+            "macro_f1": report["macro_f1"] if report else None,
+            "best_epoch": report["best_epoch"] if report else (int(best["epoch"]) if best else None),
+            "epochs": len(rows), "cache_s": cache.get("seconds_computing"),
+            "time_to_90_s": time_to(0.90), "time_to_92_s": time_to(0.92), "time_to_93_s": time_to(0.93),
+            "results": [{k: r[k] for k in ("epoch", "stage", "val_acc", "elapsed")} for r in rows]}
+
+
+def machine() -> dict:
+    import platform
+
+    import psutil
+
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "os": platform.platform(), "python": platform.python_version()}
+
+
+def _defaults() -> dict:
+    from dataclasses import asdict
+
+    from edgeclf.config import TrainConfig
+
+    keys = ("epochs", "fine_tune_epochs", "unfreeze", "lr", "fine_tune_lr", "cache_views", "mixup", "patience",
+            "label_smoothing", "dropout", "batch")
+    return {k: v for k, v in asdict(TrainConfig(data="")).items() if k in keys}
+
+
+def write(result: dict) -> None:
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "train_recipe_flowers.json").write_text(json.dumps(result, indent=2) + "\n")
+    m = result["machine"]
+    fmt = lambda s: f"{s / 60:.1f} min" if s is not None else "never"  # noqa: E731
+    lines = [f"# The training recipe on flowers ({result['date']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, no GPU, {m['os']}, Python {m['python']}; "
+             f"shared with other jobs (each run under a common CPU lock). One run of benchmarks/bench_recipe.py.", "",
+             f"MobileNetV2 1.0 at 224, ImageNet weights, flower_photos (2934 train / 736 val). Each recipe starts "
+             f"with an empty feature cache; wall time is the whole `edgeclf train` command. Defaults now: "
+             f"`{json.dumps(result['defaults'])}`.", "",
+             "| recipe | val top-1 | macro-F1 | wall time | epochs (best) | feature cache | to 90 % | to 92 % | to 93 % |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        stop = " (stopped at the budget)" if r["stopped_at_budget"] else ""
+        f1 = f"{r['macro_f1']:.3f}" if r["macro_f1"] is not None else "–"
+        cache = f"{r['cache_s']:.0f} s" if r["cache_s"] else "–"
+        lines.append(f"| {r['recipe']} `{' '.join(r['args'])}` | {r['val_top1']:.2%} | {f1} | {fmt(r['wall_s'])}{stop} | "
+                     f"{r['epochs']} ({r['best_epoch']}) | {cache} | {fmt(r['time_to_90_s'])} | "
+                     f"{fmt(r['time_to_92_s'])} | {fmt(r['time_to_93_s'])} |")
+    (out / "train_recipe_flowers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO))  # this checkout's edgeclf, also for the defaults read here
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", action="append", choices=list(RECIPES), help="run only these recipes")
+    ap.add_argument("--plain-budget", type=float, default=900, help="seconds the plain Keras recipe may run")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgeclf-recipe-"))
+    try:
+        runs = [one(name, RECIPES[name], work, args.plain_budget if name == "plain_keras" else None)
+                for name in (args.only or list(RECIPES))]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "defaults": _defaults(), "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
