@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgeclf.contract import Recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
 
@@ -52,19 +54,38 @@ def bench_rows(bench_dir: Path) -> list[dict]:
     return json.loads((bench_dir / "bench.json").read_text())["rows"]
 
 
+def shown(path: Path) -> str:
+    """``path`` as the record shows it: relative to the checkout (no absolute path of this machine)."""
+    return os.path.relpath(path, ROOT)
+
+
 def qat_run(run: Path, work: Path) -> dict:
-    """`--qat` for a model the post-training ladder cannot bring within budget: the int8 TFLite model."""
+    """`--qat` for a model the post-training ladder cannot bring within budget: both int8 models (the ONNX one
+    is the QAT TFLite model carried over), benched beside their fp32 models."""
     out = work / run.name / "qat"
     shutil.rmtree(out, ignore_errors=True)
-    proc, seconds = edgeclf("export", str(run), "--int8", "--qat", "--formats", "tflite-fp32,tflite-int8",
-                            "--out", str(out))
+    proc, seconds = edgeclf("export", str(run), "--int8", "--qat", "--formats",
+                            "tflite-fp32,tflite-int8,onnx-fp32,onnx-int8", "--out", str(out))
     print(f"{run.name}: export --qat exit {proc.returncode} in {seconds:.0f} s", flush=True)
     if proc.returncode not in (0, 3):
         raise SystemExit(proc.stdout + proc.stderr)
     bundle = json.loads((out / "edgeclf.json").read_text())
-    art = next(a for a in bundle["artifacts"] if a["precision"] == "int8")
-    return {"name": run.name, "seconds": round(seconds, 1), "val_top1": art["val_top1"],
-            "drop_pt": art["extra"]["drop_pt"], "agreement": art["extra"]["agreement"],
+    data = json.loads((run / "split.json").read_text())["root"]
+    bproc, _ = edgeclf("bench", str(out), "--data", data, "--out", str(out.parent / "qat-bench"), "--runs", "200",
+                       "--warmup", "20", "--log", "")
+    if bproc.returncode != 0:
+        raise SystemExit(bproc.stdout + bproc.stderr)
+    rows = bench_rows(out.parent / "qat-bench")
+    p50 = {r["format"]: r["p50_ms"] for r in rows if r["backend"] in ("litert", "onnxruntime")}
+    models = []
+    for art in bundle["artifacts"]:
+        if art["precision"] != "int8":
+            continue
+        fmt = f"{art['format']}-int8"
+        models.append({"format": fmt, "recipe": art["recipe"], "val_top1": art["val_top1"],
+                       "drop_pt": art["extra"]["drop_pt"], "agreement": art["extra"]["agreement"],
+                       "p50_ms": p50.get(fmt), "fp32_p50_ms": p50.get(f"{art['format']}-fp32")})
+    return {"name": run.name, "seconds": round(seconds, 1), "models": models,
             "reference_top1": bundle["source"]["reference"]["val_top1"]}
 
 
@@ -73,7 +94,7 @@ def one_run(run: Path, work: Path) -> dict:
     w = work / name
     shutil.rmtree(w, ignore_errors=True)
     w.mkdir(parents=True)
-    result: dict = {"run": str(run), "name": name}
+    result: dict = {"run": shown(run), "name": name}
     report = json.loads((run / "report.json").read_text())
     data = json.loads((run / "split.json").read_text())["root"]
     result["keras_val_top1"] = report["top1"]
@@ -167,12 +188,20 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
             lines.append("")
     if qat:
         lines += ["## `--qat` where post-training int8 is over budget", "",
-                  "Quantization-aware fine-tuning (tensorflow-model-optimization under tf_keras, 2 epochs) of the int8 "
-                  "TFLite model, on the same run, verified on validation the same way:", "",
-                  "| run | val top-1 (fp32) | int8 val top-1 | drop | agreement | export time |", "|---|---|---|---|---|---|"]
+                  "Quantization-aware fine-tuning (tensorflow-model-optimization under tf_keras, 2 epochs) on the same "
+                  "run: the int8 TFLite model, and the same model carried over to ONNX (QDQ, uint8 activations; the "
+                  "first candidate of the ONNX search), verified on validation the same way and benched beside "
+                  "the fp32 models:", "",
+                  "| run | artifact | recipe | val top-1 (fp32) | int8 val top-1 | drop | agreement | p50 | vs fp32 p50 "
+                  "| export time |", "|---|---|---|---|---|---|---|---|---|---|"]
         for q in qat:
-            lines.append(f"| {q['name']} | {q['reference_top1']:.2%} | {q['val_top1']:.2%} | {q['drop_pt']:+.2f} | "
-                         f"{q['agreement']:.2%} | {q['seconds']:.0f} s |")
+            for m in q["models"]:
+                ratio = (f"{m['p50_ms'] / m['fp32_p50_ms']:.2f}x ({m['fp32_p50_ms']:.2f} ms)"
+                         if m["p50_ms"] and m["fp32_p50_ms"] else "-")
+                p50 = f"{m['p50_ms']:.2f} ms" if m["p50_ms"] else "-"
+                lines.append(f"| {q['name']} | {m['format']} | {Recipe.from_dict(m['recipe']).label()} | "
+                             f"{q['reference_top1']:.2%} | {m['val_top1']:.2%} | {m['drop_pt']:+.2f} | "
+                             f"{m['agreement']:.2%} | {p50} | {ratio} | {q['seconds']:.0f} s |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -187,8 +216,8 @@ def main() -> None:
     results = [one_run(run.resolve(), a.work) for run in a.runs]
     qat = [qat_run(run.resolve(), a.work) for run in a.qat]
     mach = machine()
-    command = "python benchmarks/quantization.py " + " ".join(str(r) for r in a.runs) + (
-        " --qat " + " ".join(str(r) for r in a.qat) if a.qat else "")
+    command = "python benchmarks/quantization.py " + " ".join(shown(r) for r in a.runs) + (
+        " --qat " + " ".join(shown(r) for r in a.qat) if a.qat else "")
     a.out.write_text(markdown(results, mach, command, qat))
     slim = [{k: v for k, v in r.items() if not k.startswith("export_")} | {
         k: {kk: vv for kk, vv in v.items() if kk in ("seconds", "exit")} for k, v in r.items() if k.startswith("export_")}

@@ -67,7 +67,8 @@ class Recipe:
     def label(self) -> str:
         """One line for tables: ``QDQ U8S8 minmax/300 w8 per-channel a8, 2 float``."""
         if self.quantizer == "tfmot-qat":
-            return f"QAT, a{self.activation_bits}"
+            return f"{self.format_label()} QAT, a{self.activation_bits}" if self.quant_format else \
+                f"QAT, a{self.activation_bits}"
         parts = [self.format_label()] if self.quant_format else []
         parts += [f"{self.calibration}/{self.calibration_images}", f"w{self.weight_bits}",
                   "per-channel" if self.per_channel else "per-tensor", f"a{self.activation_bits}"]

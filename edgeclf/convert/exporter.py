@@ -214,8 +214,9 @@ def export_model(options: ExportOptions) -> ExportResult:
 
     options.check()
     formats = select_formats(options.formats, options.int8)
-    if options.qat and not any(f.name == "tflite-int8" for f in formats):
-        raise EdgeclfError("--qat fine-tunes for the int8 TFLite model: add --int8 (and tflite-int8 to --formats)")
+    if options.qat and not any(f.name in ("tflite-int8", "onnx-int8") for f in formats):
+        raise EdgeclfError("--qat fine-tunes for the int8 models: add --int8 (and tflite-int8 or onnx-int8 to "
+                           "--formats)")
     source = resolve_source(options.target, data=options.data, labels=options.labels, imgsz=options.imgsz,
                             resize=options.resize)
     out_dir = Path(options.out) if options.out else source.default_out

@@ -20,6 +20,9 @@ The search's ladder (:mod:`edgeclf.convert.search`), fastest expected first:
 4. 16-bit activations (uint16) with 8-bit weights, QDQ (opset 21): ONNX Runtime's CPU provider has no
    16-bit kernels and runs it slower than fp32, so it is the last rung.
 
+With ``--qat`` the first candidate is the quantization-aware-trained TFLite model carried over to ONNX
+(:mod:`edgeclf.convert.onnx_from_tflite`); the ladder follows only if it is over budget.
+
 ``--search none`` keeps the single recipe of earlier versions: QDQ S8S8, MinMax, per-channel, the stem
 convolution in float, 7- or 8-bit weights by agreement with fp32 on the calibration images. Dynamic ONNX
 quantization is never offered: it broke conv nets here.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
+import itertools
 import re
 import tempfile
 from dataclasses import replace
@@ -370,6 +374,22 @@ def ladder(job, judge, quantizer: Quantizer) -> Iterator:
                     note="16-bit activations: no 16-bit CPU kernels, slower than fp32")
 
 
+def qat_candidate(job) -> tuple[bytes, Recipe]:
+    """``--qat``: the QAT int8 TFLite model as an ONNX model (QDQ, int8 weights; uint8 activations unless
+    that rewrite changed a prediction) and its recipe."""
+    from edgeclf.convert import onnx_from_tflite, qat
+    from edgeclf.convert.tflite import io_specs
+
+    def make() -> tuple[bytes, str]:
+        tfl = qat.qat_tflite(job)
+        proto, act = onnx_from_tflite.convert(tfl, io_specs(tfl)[0], max(job.options.opset, 13),
+                                              job.calibration().images[:32])
+        return proto.SerializeToString(), act
+
+    data, act = job.cached("qat-onnx", make)
+    return data, Recipe("tfmot-qat", "QDQ", "minmax", len(job.calibration()), 8, True, 8, (), act)
+
+
 def export(fmt, job) -> Artifact:
     from edgeclf.convert.metadata import onnx_metadata_props
 
@@ -380,6 +400,13 @@ def export(fmt, job) -> Artifact:
     if fmt.precision == "fp32":
         proto = fp32
         artifact.extra["opset"] = job.options.opset
+    elif fmt.precision == "int8" and job.options.search == "none" and job.options.qat:
+        import onnx
+
+        data, artifact.recipe = qat_candidate(job)
+        proto = onnx.load_from_string(data)
+        artifact.extra.update({"opset": job.options.opset, "calibration_images": artifact.recipe.calibration_images,
+                               "qat": job.qat_info})
     elif fmt.precision == "int8" and job.options.search == "none":
         import onnx
 
@@ -399,14 +426,19 @@ def export(fmt, job) -> Artifact:
     elif fmt.precision == "int8":
         import onnx
 
-        from edgeclf.convert.search import run_search
+        from edgeclf.convert.search import Candidate, run_search
 
         log.info("searching the fastest onnx-int8 within %.2f pt on %d selection images", job.options.max_drop,
                  len(job.selection()))
         quantizer = Quantizer(fp32, job.calibration(), job.out_dir)
         try:
             judge = job.judge(fmt)
-            result = run_search(judge, ladder(job, judge, quantizer))
+            steps = ladder(job, judge, quantizer)
+            if job.options.qat:  # the QAT model first: what the user asked for
+                data, recipe = qat_candidate(job)
+                steps = itertools.chain([Candidate(recipe, lambda: data, tier=0,
+                                                   note="the QAT TFLite model, converted")], steps)
+            result = run_search(judge, steps)
         finally:
             quantizer.close()
         if result.data is None:
@@ -415,6 +447,8 @@ def export(fmt, job) -> Artifact:
         job.searches[fmt.name] = result
         proto = onnx.load_from_string(result.data)
         artifact.recipe, artifact.search = result.recipe, [t.to_dict() for t in result.trials]
+        if result.recipe.quantizer == "tfmot-qat":
+            artifact.extra["qat"] = job.qat_info
         artifact.extra.update({"opset": int(max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))),
                                "calibration_images": result.recipe.calibration_images,
                                "selection_images": result.judged, "selection_unstable": result.unstable})

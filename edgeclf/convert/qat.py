@@ -8,7 +8,8 @@ the ``Rescaling`` preprocessing (which tfmot refuses) by an equivalent frozen 1x
 starts every activation range from the calibration images (tfmot's [-6, 6] start would barely move in a
 short fine-tuning), fine-tunes with fake quantization (batch-norm frozen, low learning rate) and converts
 to int8 TFLite.
-The int8 TFLite artifact is then verified like any other. ONNX int8 stays post-training quantized.
+The int8 TFLite artifact is then verified like any other. The ONNX int8 artifact is the same QAT model
+carried over to ONNX (:mod:`edgeclf.convert.onnx_from_tflite`): the first candidate of its search.
 """
 from __future__ import annotations
 
@@ -44,7 +45,12 @@ def _backbone_name(job) -> str:
 
 
 def qat_tflite(job) -> bytes:
-    """Fine-tune with fake quantization in a tf_keras subprocess; return the int8 TFLite bytes."""
+    """Fine-tune with fake quantization in a tf_keras subprocess; return the int8 TFLite bytes (once per
+    export: the TFLite and the ONNX int8 artifacts share them)."""
+    return job.cached("qat-tflite", lambda: _qat_tflite(job))
+
+
+def _qat_tflite(job) -> bytes:
     model = job.keras_model()
     name = _backbone_name(job)
     backbone = BACKBONES[name]

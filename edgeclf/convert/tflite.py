@@ -306,7 +306,7 @@ def export(fmt, job) -> Artifact:
     elif job.options.qat:
         from edgeclf.convert import qat
 
-        data = qat.qat_tflite(job)
+        data = qat.qat_tflite(job)  # cached: onnx-int8 is converted from it
         recipe = Recipe("tfmot-qat", None, "minmax", len(job.calibration()), 8, True, 8, ())
     elif job.options.search == "none":
         calib = job.calibration()
