@@ -72,6 +72,7 @@ def main(spec_path: str) -> None:
     import tf_keras as K
 
     spec = json.loads(Path(spec_path).read_text())
+    K.utils.set_random_seed(spec.get("seed", 0))  # dropout and shuffling: the same export, the same model
     d = Path(spec["dir"])
     t0 = time.time()
     weights = dict(np.load(d / "weights.npz"))
