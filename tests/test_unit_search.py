@@ -157,3 +157,17 @@ def test_a_candidate_too_slow_to_judge_here_is_skipped(judge, monkeypatch):
     assert result.data is None and result.trials[0].outcome == "skipped"
     assert "to judge on this machine" in result.trials[0].note
 
+
+
+def test_memorized_selection_images_are_recognised():
+    """A float model that gets every (stable) selection image right has learned them: the export says so."""
+    labels = np.array([0, 1, 2, 1] * 50)
+    right = np.eye(3)[labels]
+    assert search.memorized(right, labels)
+    wrong = right.copy()
+    wrong[:3] = np.eye(3)[(labels[:3] + 1) % 3]  # 3 of 200 wrong: 98.5 %
+    assert not search.memorized(wrong, labels)
+    stable = np.ones(len(labels), bool)
+    stable[:3] = False  # the three it gets wrong are coin flips under pixel noise: left out
+    assert search.memorized(wrong, labels, stable)
+    assert not search.memorized(right, labels, np.zeros(len(labels), bool))

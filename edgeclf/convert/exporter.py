@@ -395,8 +395,18 @@ def _judge_budget(job: ExportJob, rows: list[ExportRow], warn) -> None:
             row.note = f"try: {verify.advice(row.name, fmt_precision, opts.qat)}"
             where = (f" (within budget on the selection images: {row.selection_drop_pt:+.2f} pt)"
                      if row.selection_drop_pt is not None else "")
+            if search is not None and _selection_memorized(job):
+                where += (" — the float model classifies every selection image correctly (training images it has "
+                          "learned), so the int8 candidates could not be told apart on them")
             warn(f"{row.name} loses {row.drop_pt:.2f} pt on validation (> --max-drop {opts.max_drop}){where}; "
                  f"try {verify.advice(row.name, fmt_precision, opts.qat)}")
+
+
+def _selection_memorized(job: ExportJob) -> bool:
+    from edgeclf.convert.search import memorized
+
+    probs, stable = job.selection_reference()
+    return memorized(probs, job.selection().labels, stable)
 
 
 def _mb(n: int) -> str:

@@ -307,6 +307,19 @@ def fallback(judge: Judge, base: Recipe, groups: list[tuple[str, ...]], build: C
         remaining = [g for g in order if g not in kept][:RERANKED_GROUPS]
 
 
+MEMORIZED_TOP1 = 0.995  # float top-1 on the selection images at or above this: they tell candidates little
+
+
+def memorized(probs: np.ndarray, labels: np.ndarray, stable: np.ndarray | None = None) -> bool:
+    """Has the float model learned the selection images by heart (top-1 >= MEMORIZED_TOP1 on the stable
+    ones)? Then an int8 candidate rarely flips one of them, whatever it would do on new images: a model
+    fine-tuned until training accuracy is ~100 % leaves the search little to go on."""
+    keep = np.ones(len(labels), bool) if stable is None else np.asarray(stable, bool)
+    if not keep.any():
+        return False
+    return float((np.asarray(probs)[keep].argmax(axis=1) == np.asarray(labels)[keep]).mean()) >= MEMORIZED_TOP1
+
+
 def run_search(judge: Judge, ladder: Iterable[Candidate]) -> SearchResult:
     """Walk ``ladder`` until a candidate is within budget; see the module docstring.
 
