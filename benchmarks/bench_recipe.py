@@ -91,17 +91,12 @@ def one(name: str, args: list[str], work: Path, budget: float | None) -> dict:
 
 
 def machine() -> dict:
-    import platform
+    """This machine as the records show it, from the fingerprint `edgeclf bench` reports."""
+    from edgeclf.bench.fingerprint import fingerprint
 
-    import psutil
-
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "os": platform.platform(), "python": platform.python_version()}
+    fp = fingerprint()
+    return {"cpu": fp["cpu"], "cores": fp["cores"], "ram_gib": round((fp.get("memory_mib") or 0) / 1024, 1),
+            "os": fp["os"], "python": fp["python"]}
 
 
 def _defaults() -> dict:

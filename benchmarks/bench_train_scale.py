@@ -43,20 +43,12 @@ TRAIN_ARGS = ["--model", "mobilenet_v2_035", "--imgsz", "96", "--epochs", "3", "
 
 
 def machine() -> dict:
-    import platform
+    """This machine as the records show it, from the fingerprint `edgeclf bench` reports."""
+    from edgeclf.bench.fingerprint import fingerprint
 
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "os": platform.platform(), "python": platform.python_version()}
+    fp = fingerprint()
+    return {"cpu": fp["cpu"], "cores": fp["cores"], "ram_gib": round((fp.get("memory_mib") or 0) / 1024, 1),
+            "os": fp["os"], "python": fp["python"]}
 
 
 def _augmented_copy(src: Path, dst: Path, copy: int) -> None:

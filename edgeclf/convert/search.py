@@ -28,6 +28,7 @@ Compressor's tuning order (recipes, then op-wise fallback ranked by impact, then
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -150,16 +151,12 @@ class Judge:
             data = candidate.build()
             trial.bytes = len(data)
             probs, trial.p50_ms = self._run(data, self.images, latency=True)
-        except TooSlow as exc:
-            trial.outcome, trial.note = SKIPPED, _first_line(exc)
+        except EdgeclfError as exc:  # TooSlow too: skipped, said at the default log level
+            skipped = isinstance(exc, TooSlow)
+            trial.outcome, trial.note = SKIPPED if skipped else FAILED, _first_line(exc)
             trial.seconds = time.perf_counter() - t0
-            log.info("  %-44s skipped: %s", trial.label, trial.note)
-            self.measured[candidate.recipe] = (trial, None)
-            return trial, None
-        except EdgeclfError as exc:
-            trial.outcome, trial.note = FAILED, _first_line(exc)
-            trial.seconds = time.perf_counter() - t0
-            log.debug("search: %s failed: %s", trial.label, trial.note)
+            log.log(logging.INFO if skipped else logging.DEBUG, "  %-44s %s: %s", trial.label,
+                    "skipped" if skipped else "failed", trial.note)
             self.measured[candidate.recipe] = (trial, None)
             return trial, None
         self.probs_of[candidate.recipe] = probs

@@ -84,15 +84,8 @@ def clear(cache_dir: str | Path | None) -> tuple[Path, int]:
 # --- keys ------------------------------------------------------------------------------------------------
 def file_digests(paths: list[str], workers: int | None = None) -> list[str]:
     """sha256 of every file's bytes (threads: hashlib releases the GIL on large buffers)."""
-    def one(path: str) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2)) as pool:
-        return list(pool.map(one, paths))
+        return list(pool.map(fsutil.sha256, paths))
 
 
 def weights_digest(layers) -> str:
@@ -203,14 +196,6 @@ def _npy_offset(path: Path) -> int:
         return fh.tell()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _shard_ok(folder: Path, record: dict | None, verify: bool) -> bool:
     if not record:
         return False
@@ -220,7 +205,7 @@ def _shard_ok(folder: Path, record: dict | None, verify: bool) -> bool:
             return False
     except OSError:
         return False
-    return not verify or _file_sha256(path) == record["sha256"]
+    return not verify or fsutil.sha256(path) == record["sha256"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -386,7 +371,7 @@ def _build(root: Path, job: SplitJob, specs: list[EntrySpec], positions: list[in
                 with open(tmps[i], "rb+") as fh:
                     os.fsync(fh.fileno())
                 records[i][shard] = {"file": f"shard-{shard:05d}.npy", "rows": rows, "offset": offset,
-                                     "bytes": tmps[i].stat().st_size, "sha256": _file_sha256(tmps[i])}
+                                     "bytes": tmps[i].stat().st_size, "sha256": fsutil.sha256(tmps[i])}
         for i in todo:  # the shard files are in place (renamed on leaving the block): now their records
             fsutil.write_json(folders[i] / f"shard-{shard:05d}.json", records[i][shard])
     stores = []
