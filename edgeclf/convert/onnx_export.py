@@ -374,6 +374,10 @@ def ladder(job, judge, quantizer: Quantizer) -> Iterator:
                     note="16-bit activations: no 16-bit CPU kernels, slower than fp32")
 
 
+def _opset(proto) -> int:
+    return int(max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))
+
+
 def qat_candidate(job) -> tuple[bytes, Recipe]:
     """``--qat``: the QAT int8 TFLite model as an ONNX model (QDQ, int8 weights; uint8 activations unless
     that rewrite changed a prediction) and its recipe."""
@@ -405,7 +409,7 @@ def export(fmt, job) -> Artifact:
 
         data, artifact.recipe = qat_candidate(job)
         proto = onnx.load_from_string(data)
-        artifact.extra.update({"opset": job.options.opset, "calibration_images": artifact.recipe.calibration_images,
+        artifact.extra.update({"opset": _opset(proto), "calibration_images": artifact.recipe.calibration_images,
                                "qat": job.qat_info})
     elif fmt.precision == "int8" and job.options.search == "none":
         import onnx
@@ -449,7 +453,7 @@ def export(fmt, job) -> Artifact:
         artifact.recipe, artifact.search = result.recipe, [t.to_dict() for t in result.trials]
         if result.recipe.quantizer == "tfmot-qat":
             artifact.extra["qat"] = job.qat_info
-        artifact.extra.update({"opset": int(max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))),
+        artifact.extra.update({"opset": _opset(proto),
                                "calibration_images": result.recipe.calibration_images,
                                "selection_images": result.judged, "selection_unstable": result.unstable})
     else:
