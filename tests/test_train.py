@@ -125,18 +125,22 @@ def test_resume_after_the_last_epoch_writes_the_report(small_run, tmp_path):
         assert fh.read() == ref.read()  # no epoch trained again
 
 
-@pytest.fixture(scope="module")
-def few_hymenoptera(hymenoptera, tmp_path_factory) -> Path:
-    """Real hymenoptera photos, 12 per class in train and 6 in val: enough to run a big backbone end to end."""
+def _hymenoptera_subset(hymenoptera: Path, root: Path, train: int, val: int) -> Path:
+    """Copy the first ``train`` / ``val`` photos of each class (sorted by name) into ``root``."""
     import shutil
 
-    root = tmp_path_factory.mktemp("few") / "hymenoptera"
-    for split, n in (("train", 12), ("val", 6)):
+    for split, n in (("train", train), ("val", val)):
         for cls in ("ants", "bees"):
             (root / split / cls).mkdir(parents=True)
             for p in sorted((hymenoptera / split / cls).glob("*.jpg"))[:n]:
                 shutil.copy(p, root / split / cls / p.name)
     return root
+
+
+@pytest.fixture(scope="module")
+def few_hymenoptera(hymenoptera, tmp_path_factory) -> Path:
+    """Real hymenoptera photos, 12 per class in train and 6 in val: enough to run a big backbone end to end."""
+    return _hymenoptera_subset(hymenoptera, tmp_path_factory.mktemp("few") / "hymenoptera", train=12, val=6)
 
 
 # One big backbone on each path: InceptionResNetV2 the plain way (--no-cache), EfficientNetB0 on cached features.
@@ -181,15 +185,7 @@ def test_bad_inputs_give_one_line(tmp_path, hymenoptera):
 @pytest.fixture(scope="module")
 def tiny_hymenoptera(hymenoptera, tmp_path_factory) -> Path:
     """10 training and 5 validation photos per class, copied (the tests change one)."""
-    import shutil
-
-    root = tmp_path_factory.mktemp("tiny") / "hymenoptera"
-    for split, n in (("train", 10), ("val", 5)):
-        for cls in ("ants", "bees"):
-            (root / split / cls).mkdir(parents=True)
-            for p in sorted((hymenoptera / split / cls).glob("*.jpg"))[:n]:
-                shutil.copy(p, root / split / cls / p.name)
-    return root
+    return _hymenoptera_subset(hymenoptera, tmp_path_factory.mktemp("tiny") / "hymenoptera", train=10, val=5)
 
 
 def _cache_run(data: Path, tmp: Path, **overrides) -> dict:
