@@ -50,6 +50,7 @@ class TrainConfig:
     cache_views: int = 2  # augmented copies of each training image in the feature cache
     cache_dir: str | None = None  # the feature cache folder (None: $EDGECLF_CACHE_DIR or ~/.cache/edgeclf)
     val_split: float = 0.2
+    holdout: float = 0.1  # share of the training split never trained on: export's int8 search judges on it
     seed: int = 0
     resize: str = "bilinear"
     project: str = "runs/train"
@@ -66,6 +67,7 @@ class TrainConfig:
         except (OSError, yaml.YAMLError) as exc:
             raise EdgeclfError(f"{path}: cannot read the run's settings ({exc})") from exc
         known = {f.name for f in fields(cls)}
+        d.setdefault("holdout", 0.0)  # runs from before the holdout held nothing out
         return cls(**{k: v for k, v in d.items() if k in known})
 
 

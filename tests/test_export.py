@@ -219,8 +219,9 @@ def test_search_keeps_the_planted_layer_in_float_and_meets_the_budget(planted_ru
     from export_helpers import PLANTED_CONSUMER, PLANTED_PRODUCER
 
     out = tmp_path / "e"
-    # The budget is set where this tiny model's honest int8 lands (MobileNetV2 0.35 at 96 px loses 1-2 pt
-    # on 112 selection images, one image = 0.9 pt), far below what the planted outlier costs (30+ pt).
+    # The budget is set where this tiny model's honest int8 lands (MobileNetV2 0.35 at 96 px loses a few
+    # points on the 49 images the run held out, one image = 2 pt), far below what the planted outlier costs
+    # (30+ pt).
     proc = edgeclf_cli("export", str(planted_run), "--int8", "--formats", "tflite-fp32,tflite-int8,onnx-int8",
                        "--max-drop", "5", "--out", str(out))
     bundle = load_bundle(out)
@@ -231,6 +232,7 @@ def test_search_keeps_the_planted_layer_in_float_and_meets_the_budget(planted_ru
         chosen = [t for t in art.search if t["outcome"] == "chosen"]
         assert len(chosen) == 1 and chosen[0]["selection_drop_pt"] <= 5, art.search
         assert art.recipe.float_layers == tuple(chosen[0]["recipe"]["float_layers"])
+        assert art.extra["selection_from"] == "holdout"  # judged on images the model never trained on
         assert {PLANTED_PRODUCER, PLANTED_CONSUMER} <= set(art.recipe.float_layers), (name, art.recipe)
         # and on validation, which the search never saw: repaired (the planted int8 model is at chance)
         assert art.extra["drop_pt"] <= 10 and art.extra["agreement"] >= 0.85, (name, art.extra)
@@ -283,20 +285,42 @@ def test_strict_and_search_options_reach_the_exporter(monkeypatch, tmp_path):
 
 
 def test_selection_images_are_disjoint_from_calibration_and_validation(run_dir, tmp_path):
+    """The search judges on the images the run held out of training; for a run without them (trained before
+    --holdout, or with --holdout 0), on training images that are not calibration images."""
     from edgeclf.convert.exporter import ExportJob
     from edgeclf.convert.source import resolve_source
     from edgeclf.contract import Bundle, InputSpec
 
-    opts = ExportOptions(target=run_dir, out=tmp_path, int8=True, calib_images=CALIB)
-    source = resolve_source(run_dir)
-    job = ExportJob(source, opts, Bundle(source.classes, InputSpec(IMGSZ, IMGSZ)), tmp_path, None, lambda m: None)
+    def job_for(run):
+        source = resolve_source(run)
+        opts = ExportOptions(target=run, out=tmp_path, int8=True, calib_images=CALIB)
+        return source, ExportJob(source, opts, Bundle(source.classes, InputSpec(IMGSZ, IMGSZ)), tmp_path, None,
+                                 lambda m: None)
+
+    source, job = job_for(run_dir)
     calib, selection = job._training_split()
-    train, val = {s.path for s in source.train}, {s.path for s in source.val}
+    train, val, held = ({s.path for s in ss} for ss in (source.train, source.val, source.holdout))
+    assert held and job.selection_from == "holdout"
+    assert len(calib) == CALIB and {s.path for s in calib} <= train
+    assert {s.path for s in selection} == held  # every held-out image (fewer than --selection-images)
+    assert not held & train and not held & val
+    assert len(job.selection()) == len(selection) and job.selection().labels.tolist() == [s.label for s in selection]
+
+    old = tmp_path / "old-run"  # the same run as an older version wrote it: no holdout
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("export", "weights"))
+    (old / "weights").mkdir()
+    (old / "weights" / "best.keras").symlink_to(run_dir / "weights" / "best.keras")
+    split = json.loads((old / "split.json").read_text())
+    split["samples"] = [[p, label, "train" if s == "holdout" else s] for p, label, s in split["samples"]]
+    (old / "split.json").write_text(json.dumps(split))
+    source, job = job_for(old)
+    calib, selection = job._training_split()
+    train = {s.path for s in source.train}
+    assert not source.holdout and job.selection_from == "train"
     assert len(calib) == CALIB and len(selection) == len(source.train) // 2
     assert {s.path for s in calib} <= train and {s.path for s in selection} <= train
     assert not {s.path for s in calib} & {s.path for s in selection}
     assert not ({s.path for s in calib} | {s.path for s in selection}) & val
-    assert len(job.selection()) == len(selection) and job.selection().labels.tolist() == [s.label for s in selection]
 
 
 def test_recipe_is_recorded_and_read_back_by_run(exported, hymenoptera, tmp_path):

@@ -55,6 +55,9 @@ d = partial(default, TrainConfig)
 @click.option("--clear-cache", is_flag=True, help="Delete the feature cache folder first (alone: only that).")
 @click.option("--val-split", type=float, default=d("val_split"), show_default=True,
               help="Validation share when DATA is not split.")
+@click.option("--holdout", type=float, default=d("holdout"), show_default=True,
+              help="Share of the training images never trained on: export's int8 search judges its candidates "
+                   "on them (0: none; export then judges on training images).")
 @click.option("--seed", type=int, default=d("seed"), show_default=True)
 @click.option("--project", default=d("project"), show_default=True)
 @click.option("--name", default=d("name"), show_default=True, help="Run folder name (exp2, exp3… when taken).")

@@ -112,10 +112,25 @@ class ExportJob:
         return self._cache[key]
 
     def _training_split(self) -> tuple[list, list]:
+        """(calibration, selection) samples. Selection: the run's held-out images (never trained on) when it
+        has them, else training images not used for calibration."""
         if self._split is None:
             n_select = self.options.selection_images if self.options.search != "none" else 0
-            self._split = split_training(self.source.train, self.options.calib_images, n_select, self.options.seed)
+            held = self.source.holdout
+            if held and n_select > 0:
+                self._split = (split_training(self.source.train, self.options.calib_images, 0, self.options.seed)[0],
+                               stratified_sample(held, n_select, self.options.seed + 1))
+            else:
+                self._split = split_training(self.source.train, self.options.calib_images, n_select, self.options.seed)
+                if n_select > 0:
+                    log.info("this model's run held no images out of training (edgeclf train --holdout): the int8 "
+                             "search judges on training images, which the model may have learned by heart")
         return self._split
+
+    @property
+    def selection_from(self) -> str:
+        """Where the selection images come from: ``holdout`` (never trained on) or ``train``."""
+        return "holdout" if self.source.holdout else "train"
 
     def calibration(self) -> CalibrationSet:
         if self._calib is None:
@@ -139,7 +154,8 @@ class ExportJob:
                                                         inp.width, inp.resize))
 
     def selection(self) -> SelectionSet:
-        """Labelled training images, disjoint from calibration and validation: the search's judge."""
+        """Labelled images disjoint from calibration and validation, held out of training when the run did so:
+        the search's judge."""
         if self._selection is None:
             samples = self._training_split()[1]
             if not samples:
@@ -395,9 +411,10 @@ def _judge_budget(job: ExportJob, rows: list[ExportRow], warn) -> None:
             row.note = f"try: {verify.advice(row.name, fmt_precision, opts.qat)}"
             where = (f" (within budget on the selection images: {row.selection_drop_pt:+.2f} pt)"
                      if row.selection_drop_pt is not None else "")
-            if search is not None and _selection_memorized(job):
+            if search is not None and job.selection_from == "train" and _selection_memorized(job):
                 where += (" — the float model classifies every selection image correctly (training images it has "
-                          "learned), so the int8 candidates could not be told apart on them")
+                          "learned), so the int8 candidates could not be told apart on them; retrain with "
+                          "--holdout so that export judges on images the model never saw")
             warn(f"{row.name} loses {row.drop_pt:.2f} pt on validation (> --max-drop {opts.max_drop}){where}; "
                  f"try {verify.advice(row.name, fmt_precision, opts.qat)}")
 
@@ -421,6 +438,7 @@ def print_search(result: ExportResult, console) -> None:
         left_out = f", {search.unstable} unstable left out" if search.unstable else ""
         table = Table(title=f"{name}: int8 search, {len(search.trials)} candidates in {search.seconds:.0f} s; budget "
                             f"{result.bundle.source.get('max_drop_pt')} pt on {search.judged} selection images"
+                            f"{' held out of training' if search.selection_from == 'holdout' else ' (training images)'}"
                             f"{left_out}", title_justify="left")
         for col, just in (("candidate", "left"), ("sel. drop", "right"), ("agree", "right"), ("p50", "right"),
                           ("size", "right"), ("time", "right"), ("outcome", "left")):

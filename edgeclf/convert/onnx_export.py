@@ -448,6 +448,7 @@ def export(fmt, job) -> Artifact:
         if result.data is None:
             raise EdgeclfError("every int8 candidate failed: " + "; ".join(
                 f"{t.label}: {t.note}" for t in result.trials))
+        result.selection_from = job.selection_from
         job.searches[fmt.name] = result
         proto = onnx.load_from_string(result.data)
         artifact.recipe, artifact.search = result.recipe, [t.to_dict() for t in result.trials]
@@ -455,7 +456,8 @@ def export(fmt, job) -> Artifact:
             artifact.extra["qat"] = job.qat_info
         artifact.extra.update({"opset": _opset(proto),
                                "calibration_images": result.recipe.calibration_images,
-                               "selection_images": result.judged, "selection_unstable": result.unstable})
+                               "selection_images": result.judged, "selection_unstable": result.unstable,
+                               "selection_from": job.selection_from})
     else:
         raise ValueError(f"unknown ONNX precision {fmt.precision!r}")
     _set_metadata(proto, onnx_metadata_props(job.bundle, artifact))

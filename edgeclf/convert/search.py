@@ -4,9 +4,12 @@ A format module (TFLite, ONNX) describes its *ladder*: candidates from the faste
 slowest -- recipes first (calibration method and size, per-channel, 7- or 8-bit weights, the ONNX
 operator format), then the same model with its most sensitive layers kept in float in growing groups,
 then 16-bit activations. Each candidate is built, loaded through the edgeclf runtime (the backend
-``run`` and ``bench`` use), and judged on the *selection* images: labelled training images that were
-not used for calibration. The validation split is never looked at here, so the figure export reports
-on it afterwards is not the one the search tuned on.
+``run`` and ``bench`` use), and judged on the *selection* images: labelled images that ``edgeclf train``
+held out of training (``--holdout``; for a run without them, training images not used for calibration).
+The validation split is never looked at here, so the figure export reports on it afterwards is not the
+one the search tuned on. Images the model never trained on matter: a model fine-tuned until it gets
+every training image right agrees with any int8 copy of itself on them, and the search could not tell
+a good recipe from a bad one.
 
 The first candidate within budget wins; among candidates of the same expected speed that were both
 measured, the smaller wins. When none is within budget the most accurate is kept and export warns.
@@ -113,6 +116,7 @@ class SearchResult:
     seconds: float = 0.0
     judged: int = 0  # selection images the drop was measured on
     unstable: int = 0  # selection images left out (the float model's own top-1 flips under pixel noise)
+    selection_from: str = "train"  # "holdout": images the run held out of training; "train": training images
 
 
 @dataclass

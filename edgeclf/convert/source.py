@@ -22,6 +22,7 @@ class ExportSource:
     resize: str
     train: list  # [Sample] for calibration
     val: list  # [Sample] for verification
+    holdout: list = field(default_factory=list)  # [Sample] never trained on: the int8 search's judge
     run_dir: Path | None = None
     backbone: str | None = None
     keras_val_top1: float | None = None
@@ -73,13 +74,14 @@ def resolve_source(target: str | Path, data: str | None = None, labels: str | No
         run = load_run(target)
         model_path = run.best if weights == "best" else run.last
         _check_keras_file(model_path)
-        ds = run.dataset() if data is None else scan(data)
+        cfg = run.config
+        ds = run.dataset() if data is None else scan(data, val_split=cfg.val_split, seed=cfg.seed, holdout=cfg.holdout)
         if ds.classes != list(run.classes):
             raise EdgeclfError(f"--data {data}: classes {ds.classes} differ from the run's {run.classes}")
         if labels is not None and _read_labels(labels) != list(run.classes):
             raise EdgeclfError(f"--labels {labels} differs from the run's classes {run.classes}")
         return ExportSource(model_path, list(run.classes), int(imgsz or run.imgsz),
-                            resize or run.config.resize or DEFAULT_RESIZE, ds.train, ds.val, run_dir=target,
+                            resize or run.config.resize or DEFAULT_RESIZE, ds.train, ds.val, ds.holdout, run_dir=target,
                             backbone=run.config.model, keras_val_top1=run.val_top1(),
                             info={"run": str(target), "data": str(ds.root)})
     if target.suffix != ".keras":

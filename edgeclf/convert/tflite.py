@@ -323,6 +323,7 @@ def export(fmt, job) -> Artifact:
             raise EdgeclfError("every int8 candidate failed: " + "; ".join(
                 f"{t.label}: {t.note}" for t in result.trials))
         data, recipe, trials = result.data, result.recipe, result.trials
+        result.selection_from = job.selection_from
         job.searches[fmt.name] = result
     inp, out = io_specs(data)
     artifact = Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision, input=inp, output=out,
@@ -331,7 +332,8 @@ def export(fmt, job) -> Artifact:
         artifact.extra["calibration_images"] = recipe.calibration_images
         if fmt.name in job.searches:
             search = job.searches[fmt.name]
-            artifact.extra.update(selection_images=search.judged, selection_unstable=search.unstable)
+            artifact.extra.update(selection_images=search.judged, selection_unstable=search.unstable,
+                                  selection_from=job.selection_from)
         if job.qat_info is not None:
             artifact.extra["qat"] = job.qat_info
     data = metadata.add_tflite_metadata(data, job.bundle, artifact)

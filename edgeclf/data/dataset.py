@@ -6,6 +6,12 @@ Two layouts are understood:
   optional ``DATA/test/<class>/...``;
 * not split: ``DATA/<class>/...``; a stratified, seeded split is made (``val_split``).
 
+``edgeclf train`` also holds a stratified share of the training images out of training (``holdout``, split
+name ``holdout``): labelled images the model never learned, on which ``edgeclf export`` judges its int8
+candidates. A model fine-tuned until it gets every training image right agrees with any quantized copy of
+itself on those images, so they cannot tell a good int8 recipe from a bad one; held-out images can, and the
+validation split stays untouched for the figure export reports.
+
 Class folders may hold nested folders. Every candidate file is decoded once; what cannot be decoded is
 left out and listed in the report, never a crash and never silently.
 """
@@ -26,7 +32,9 @@ from edgeclf.imageio import ImageDecodeError, JUNK_NAMES, decode_rgb, is_candida
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
-SPLITS = ("train", "val", "test")
+HOLDOUT = "holdout"
+SPLITS = ("train", HOLDOUT, "val", "test")
+MIN_HOLDOUT_CLASS = 5  # a class with fewer training images than this gives none to the holdout
 
 
 class DataError(EdgeclfError):
@@ -55,6 +63,7 @@ class DataReport:
     duplicates: list[list[str]] = field(default_factory=list)  # identical bytes, same class and split
     val_split: float | None = None
     seed: int | None = None
+    holdout: float = 0.0  # share of the training split held out of training
 
     @property
     def total(self) -> int:
@@ -87,6 +96,11 @@ class Dataset:
     @property
     def test(self) -> list[Sample]:
         return self.split("test")
+
+    @property
+    def holdout(self) -> list[Sample]:
+        """Training images held out of training (export's int8 search judges on them)."""
+        return self.split(HOLDOUT)
 
     def save(self, path: str | Path) -> Path:
         """The exact split, so that export and bench use the same images as training did."""
@@ -154,13 +168,17 @@ def _check_file(path: Path) -> tuple[str | None, str | None, int]:
     return hashlib.sha256(data).hexdigest(), None, _colours(img)
 
 
-def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int | None = None) -> Dataset:
-    """Scan ``root``, check every file once, split if needed, find duplicates. See module doc."""
+def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int | None = None,
+         holdout: float = 0.0) -> Dataset:
+    """Scan ``root``, check every file once, split if needed, hold out ``holdout`` of the training split,
+    find duplicates. See module doc."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
     if not 0.0 < val_split < 1.0:
         raise DataError(f"--val-split must be between 0 and 1 (got {val_split})")
+    if not 0.0 <= holdout < 1.0:
+        raise DataError(f"--holdout must be at least 0 and below 1 (got {holdout})")
     top = _class_dirs(root)
     split_dirs = {SPLIT_ALIASES[n.lower()]: p for n, p in top.items() if n.lower() in SPLIT_ALIASES}
     layout = "split" if "train" in split_dirs else "folders"
@@ -207,6 +225,8 @@ def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int |
 
     if layout == "folders" or "val" not in split_dirs:
         good = _stratified_split(good, val_split, seed)
+    if holdout > 0:
+        good = _stratified_split(good, holdout, seed + 1, to=HOLDOUT, min_class=MIN_HOLDOUT_CLASS)
 
     samples = [Sample(str(f), index[c], s, digest) for s, c, f, digest in good]
     counts = {s: {c: 0 for c in classes} for s in SPLITS if any(g[0] == s for g in good)}
@@ -234,12 +254,13 @@ def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int |
 
     report = DataReport(str(root), layout, classes, counts, skipped, ignored, empty, conflicts, leaks, dups,
                         val_split=val_split if layout == "folders" or "val" not in split_dirs else None,
-                        seed=seed)
+                        seed=seed, holdout=holdout)
     return Dataset(root, classes, samples, report)
 
 
-def _stratified_split(good, val_split: float, seed: int):
-    """Seeded split per class; byte-identical files stay together so the split cannot leak them."""
+def _stratified_split(good, share: float, seed: int, to: str = "val", min_class: int = 2):
+    """Move a seeded ``share`` of each class's training files to split ``to`` (at least one file of a class
+    with ``min_class`` files or more); byte-identical files stay together so the split cannot leak them."""
     rng = random.Random(seed)
     out = []
     per_class: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -247,16 +268,16 @@ def _stratified_split(good, val_split: float, seed: int):
         if item[0] == "train":
             per_class[item[1]][item[3]].append(item)
         else:
-            out.append(item)  # test/ stays test
+            out.append(item)  # the other splits stay as they are
     for cname in sorted(per_class):
         groups = [per_class[cname][h] for h in sorted(per_class[cname])]
         rng.shuffle(groups)
         n_files = sum(len(g) for g in groups)
-        n_val = max(1, round(n_files * val_split)) if n_files >= 2 else 0
+        n_moved = min(n_files - 1, max(1, round(n_files * share))) if n_files >= min_class else 0
         taken = 0
         for g in groups:
-            split = "val" if taken < n_val else "train"
-            taken += len(g) if split == "val" else 0
+            split = to if taken < n_moved else "train"
+            taken += len(g) if split == to else 0
             out += [(split, c, f, h) for _, c, f, h in g]
     return out
 

@@ -129,7 +129,7 @@ def prepare_run(cfg: TrainConfig, exact_name: bool = False) -> Run:
     """Scan the data and create the run folder with the settings, data report and exact split
     (``project/name``, or ``name2``, ``name3``… when taken, unless ``exact_name``)."""
     check_config(cfg)
-    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, holdout=cfg.holdout)
     log.info(format_report(ds.report))
     if exact_name:
         run_dir = Path(cfg.project) / cfg.name
@@ -171,7 +171,7 @@ def open_cluster_run(cfg: TrainConfig, cluster) -> Run:
         else:
             run = prepare_run(cfg, exact_name=True)
     else:
-        run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed), RunState())
+        run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, holdout=cfg.holdout), RunState())
     cluster.same_everywhere(_fingerprint(run.cfg, run.data), "the training settings or the data split")
     for split in ("train", "val"):
         if len(run.data.split(split)) < cluster.workers:
@@ -449,7 +449,8 @@ class _Session:
         cm, top5 = self._counts("val")
         rep = metrics.report_from_counts(cm, self.ds.classes, top5)
         rep.update(model=self.cfg.model, imgsz=self.size, best_epoch=state.best_epoch, epochs_run=state.epoch,
-                   train_seconds=round(time.time() - self.recorder.t_start, 1))
+                   train_seconds=round(time.time() - self.recorder.t_start, 1),
+                   train_images=len(self.ds.train), holdout_images=len(self.ds.holdout))
         if self.ds.test:
             cm, top5 = self._counts("test")
             rep["test"] = metrics.report_from_counts(cm, self.ds.classes, top5)
