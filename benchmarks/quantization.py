@@ -133,14 +133,20 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
         "measured in the same bench (this machine is shared: read ratios within a run, not absolute times).",
         "",
         "Budget: `--max-drop 0.5` (the default): each int8 model within 0.5 pt of top-1 of the fp32 model. The search "
-        "judges candidates on selection images (training split, not calibration, not validation); the validation "
-        "column is what export then verifies, on images the search never saw.",
+        "judges candidates on selection images: the images the run held out of training (`edgeclf train --holdout`, "
+        "never trained on, not calibration, not validation; runs without a holdout: training images); the "
+        "validation column is what export then verifies, on images the search never saw.",
         "",
     ]
     for r in results:
         rows = r["bench"]
+        sel = next((a["extra"] for a in r["bundle_search"]["artifacts"] if "selection_images" in a["extra"]), {})
         lines += [f"## {r['name']} ({r['bundle_search']['source'].get('backbone')} "
-                  f"{r['bundle_search']['input']['height']} px), Keras val top-1 {r['keras_val_top1']:.2%}", ""]
+                  f"{r['bundle_search']['input']['height']} px), Keras val top-1 {r['keras_val_top1']:.2%}", "",
+                  f"Selection: {sel.get('selection_images', '-')} images judged "
+                  f"({'held out of training' if sel.get('selection_from') == 'holdout' else 'training images'}"
+                  f"{', ' + str(sel['selection_unstable']) + ' unstable left out' if sel.get('selection_unstable') else ''}).",
+                  ""]
         lines += ["| artifact | recipe chosen | selection drop | val drop | val top-1 | p50 | vs fp32 p50 | size |",
                   "|---|---|---|---|---|---|---|---|"]
         by = {a["file"]: a for a in r["bundle_search"]["artifacts"]}
