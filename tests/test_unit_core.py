@@ -119,6 +119,27 @@ def test_selection_and_calibration_are_disjoint_and_stratified():
 
 # --- collapse detection --------------------------------------------------------------------------------
 
+def test_verification_counts_lost_and_gained_images_and_says_if_the_drop_is_chance():
+    from edgeclf.convert.verify import assess, significance
+
+    labels = np.array([0, 1] * 50)
+    ref = labels.copy()
+    ref[:6] = 1 - ref[:6]  # the float model: 94 % right
+    pred = ref.copy()
+    pred[10:15] = 1 - pred[10:15]  # 5 right answers lost ...
+    pred[0] = labels[0]  # ... 1 wrong one gained: drop 4 pt
+    probs = np.eye(2)[pred]
+    v = assess("tflite-int8", probs, labels, ["a", "b"], ref)
+    assert (v.lost, v.gained, v.drop_pt) == (5, 1, 4.0)
+    assert v.p_value == pytest.approx(2 * 7 / 64)  # exact two-sided binomial: 2 * P(X <= 1), X ~ Bin(6, 1/2)
+    text = significance(v.lost, v.gained, v.p_value, 100)
+    assert text.startswith("5 images lost and 1 gained of 100; McNemar p 0.22") and "not distinguishable" in text
+    pred[20:40] = 1 - pred[20:40]  # 20 more lost: a real loss
+    v = assess("tflite-int8", np.eye(2)[pred], labels, ["a", "b"], ref)
+    assert v.lost == 25 and "a real loss" in significance(v.lost, v.gained, v.p_value, 100)
+    assert significance(None, None, None, 100) == ""
+
+
 def test_collapse_is_one_class_or_chance_judged_against_the_reference():
     from edgeclf.convert.verify import collapse_reason
 

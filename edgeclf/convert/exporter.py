@@ -48,6 +48,7 @@ class ExportRow:
     top1: float | None = None
     agreement: float | None = None
     drop_pt: float | None = None
+    significance: str = ""  # images lost/gained on validation and the McNemar p, in words
     selection_drop_pt: float | None = None  # int8 searched: the drop the search judged on
     recipe: str = ""
     note: str = ""
@@ -374,8 +375,10 @@ def _verify(job: ExportJob, artifacts, rows: list[ExportRow], failures: list[str
         v = verify.assess(fmt.name, probs, labels, bundle.classes, ref_pred, engine)
         art.val_top1 = round(v.top1, 4)
         art.extra.update({"agreement": round(v.agreement, 4), "drop_pt": v.drop_pt, "val_images": int(len(val)),
-                          "verified_with": engine})
+                          "verified_with": engine, "val_lost": v.lost, "val_gained": v.gained,
+                          "mcnemar_p": round(v.p_value, 4) if v.p_value is not None else None})
         row.top1, row.agreement, row.drop_pt = v.top1, v.agreement, v.drop_pt
+        row.significance = verify.significance(v.lost, v.gained, v.p_value, len(val))
         if v.collapsed:
             row.status, row.note = Status.FAILED, f"collapsed: {v.collapsed}"
             failures.append(f"{fmt.name} collapsed: {v.collapsed}; the file was removed "
@@ -406,7 +409,8 @@ def _judge_budget(job: ExportJob, rows: list[ExportRow], warn) -> None:
             row.note = f"best of {len(search.trials)} candidates; try --qat"
             warn(f"{row.name}: no candidate of the search is within --max-drop {opts.max_drop} pt; kept the best "
                  f"({search.chosen.label}: {search.chosen.selection_drop_pt:+.2f} pt on the selection images, "
-                 f"{row.drop_pt:+.2f} pt on validation); try {verify.advice(row.name, fmt_precision, opts.qat)}")
+                 f"{row.drop_pt:+.2f} pt on validation{'; ' + row.significance if row.significance else ''}); try "
+                 f"{verify.advice(row.name, fmt_precision, opts.qat)}")
         else:
             row.note = f"try: {verify.advice(row.name, fmt_precision, opts.qat)}"
             where = (f" (within budget on the selection images: {row.selection_drop_pt:+.2f} pt)"
@@ -415,7 +419,8 @@ def _judge_budget(job: ExportJob, rows: list[ExportRow], warn) -> None:
                 where += (" — the float model classifies every selection image correctly (training images it has "
                           "learned), so the int8 candidates could not be told apart on them; retrain with "
                           "--holdout so that export judges on images the model never saw")
-            warn(f"{row.name} loses {row.drop_pt:.2f} pt on validation (> --max-drop {opts.max_drop}){where}; "
+            sig = f" ({row.significance})" if row.significance else ""
+            warn(f"{row.name} loses {row.drop_pt:.2f} pt on validation{sig} (> --max-drop {opts.max_drop}){where}; "
                  f"try {verify.advice(row.name, fmt_precision, opts.qat)}")
 
 

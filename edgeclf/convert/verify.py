@@ -26,6 +26,9 @@ class Verification:
     collapsed: str | None = None  # reason, when collapsed
     engine: str = ""
     extra: dict = field(default_factory=dict)
+    lost: int | None = None  # images the float reference classifies right and this model wrong
+    gained: int | None = None  # the other way round
+    p_value: float | None = None  # exact McNemar test on those: is the difference more than chance?
 
 
 def predict(model_ref, images: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, str]:
@@ -77,8 +80,23 @@ def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
     counts = np.bincount(pred, minlength=len(classes))
     ref_share = predicted_share(reference_pred, len(classes)) if reference_pred is not None else None
     reason = collapse_reason(pred, labels, len(classes), cmp.top1, reference_top1, classes, ref_share)
-    return Verification(name, cmp.top1, cmp.agreement, cmp.drop_pt, float(counts.max() / max(1, len(pred))),
-                        int(counts.argmax()), reason, engine)
+    v = Verification(name, cmp.top1, cmp.agreement, cmp.drop_pt, float(counts.max() / max(1, len(pred))),
+                     int(counts.argmax()), reason, engine)
+    if reference_pred is not None:
+        from edgeclf.bench.stats import mcnemar_exact
+
+        test = mcnemar_exact(pred, reference_pred, labels)
+        v.lost, v.gained, v.p_value = test.only_reference_right, test.only_model_right, test.p_value
+    return v
+
+
+def significance(lost: int | None, gained: int | None, p_value: float | None, images: int) -> str:
+    """'5 images lost and 0 gained of 736, McNemar p 0.06' with what it means, for a drop's warning."""
+    if lost is None or gained is None or p_value is None:
+        return ""
+    meaning = ("not distinguishable from float on this many images" if p_value >= 0.05
+               else "a real loss, not chance")
+    return f"{lost} images lost and {gained} gained of {images}; McNemar p {p_value:.2f}: {meaning}"
 
 
 def advice(fmt_name: str, precision: str, qat: bool = False) -> str:
