@@ -122,6 +122,10 @@ def _row(rows: list[dict], export_dir: str, fmt: str, backend: str) -> dict | No
                  and r["backend"] == backend), None)
 
 
+def _p(value) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
 def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()) -> str:
     lines = [
         "# The int8 accuracy budget, measured",
@@ -147,8 +151,9 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
                   f"({'held out of training' if sel.get('selection_from') == 'holdout' else 'training images'}"
                   f"{', ' + str(sel['selection_unstable']) + ' unstable left out' if sel.get('selection_unstable') else ''}).",
                   ""]
-        lines += ["| artifact | recipe chosen | selection drop | val drop | val top-1 | p50 | vs fp32 p50 | size |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| artifact | recipe chosen | selection drop | val drop | val lost / gained, McNemar p | val top-1 | p50 "
+                  "| vs fp32 p50 | size |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         by = {a["file"]: a for a in r["bundle_search"]["artifacts"]}
         for fmt, backend, fp32 in (("tflite-int8", "litert", "tflite-fp32"), ("onnx-int8", "onnxruntime", "onnx-fp32")):
             a = next((x for x in by.values() if f"{x['format']}-{x['precision']}" == fmt), None)
@@ -158,6 +163,8 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
             chosen = next((t for t in a["search"] if t["outcome"] in ("chosen",) or t["outcome"].startswith("kept")), {})
             lines.append(f"| {fmt} | {chosen.get('label', '-')} ({chosen.get('outcome', '-')}) | "
                          f"{chosen.get('selection_drop_pt', 0):+.2f} | {a['extra']['drop_pt']:+.2f} | "
+                         f"{a['extra'].get('val_lost', '-')} / {a['extra'].get('val_gained', '-')}, "
+                         f"{_p(a['extra'].get('mcnemar_p'))} | "
                          f"{a['val_top1']:.2%} | {q['p50_ms']:.2f} ms | {q['p50_ms'] / f['p50_ms']:.2f}x "
                          f"({f['p50_ms']:.2f} ms) | {a['bytes'] / 1e6:.2f} MB |")
         none = {f"{x['format']}-{x['precision']}": x for x in r["bundle_none"]["artifacts"]}

@@ -325,9 +325,29 @@ def test_opencv_runs_the_int8_onnx_model_like_onnxruntime(export_dir, hymenopter
     rows = {(r["format"], r["backend"]): r for r in _csv(tmp_path / "bench.csv")}
     assert set(rows) == {(f, b) for f in ("onnx-fp32", "onnx-int8") for b in ("opencv", "onnxruntime")}
     assert all(r["status"] == "ok" for r in rows.values()), rows
-    for fmt in ("onnx-fp32", "onnx-int8"):
-        cv, ort = float(rows[(fmt, "opencv")]["top1"]), float(rows[(fmt, "onnxruntime")]["top1"])
-        assert abs(cv - ort) <= 0.02, (fmt, cv, ort)
+    cv, ort = float(rows[("onnx-fp32", "opencv")]["top1"]), float(rows[("onnx-fp32", "onnxruntime")]["top1"])
+    assert abs(cv - ort) <= 0.02, (cv, ort)  # float: the same arithmetic
+    # int8: OpenCV's classic engine and ONNX Runtime's int8 kernels are two approximations of the float model
+    # (on this tiny model each changes about 5 % of its answers, not the same ones): OpenCV's must be as
+    # faithful to float as ONNX Runtime's. A misread scale or zero point would make it far worse.
+    from edgeclf.convert.calibration import load_images
+    from edgeclf.rundir import load_run
+    from edgeclf.runtime.backends import open_backend
+
+    bundle = load_bundle(export_dir)
+    val = load_run(bundle.source["run"]).dataset().val
+    x = load_images(val, bundle.input.height, bundle.input.width, bundle.input.resize)
+    preds = {}
+    for backend, artifact in (("opencv", "onnx-int8"), ("onnxruntime", "onnx-int8"), ("onnxruntime", "onnx-fp32")):
+        b = open_backend(export_dir, backend, artifact=artifact)
+        try:
+            preds[backend, artifact] = np.concatenate([b.predict(x[k:k + 32]) for k in range(0, len(x), 32)]).argmax(1)
+        finally:
+            b.close()
+    fp32 = preds["onnxruntime", "onnx-fp32"]
+    agree_cv = float((preds["opencv", "onnx-int8"] == fp32).mean())
+    agree_ort = float((preds["onnxruntime", "onnx-int8"] == fp32).mean())
+    assert agree_cv >= 0.9 and agree_cv >= agree_ort - 0.02, (agree_cv, agree_ort)
 
 
 def _one_line_error(result, *needles: str) -> None:
