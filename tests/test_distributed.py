@@ -94,8 +94,13 @@ def test_two_workers_train_one_run_with_the_same_weights(tmp_path, hymenoptera):
     assert report["images"] == 153 and report["cluster"] == {"workers": 2, "replicas": 2}  # all of val, both halves
     assert report["top1"] > 0.6
     # each worker cached the features of its half of the images (two cuts; train: clean + 2 views)
+    from edgeclf.data.dataset import Dataset
+
+    split = Dataset.load(run / "split.json")
+    assert len(split.holdout) == 24  # held out (--holdout 0.1) by the chief; no worker trains on them
+    half = lambda n: (n + 1) // 2  # noqa: E731  (the chief's share: every other image)
     rows = json.loads((run / "state.json").read_text())["feature_cache"]["rows_computed"]
-    assert rows == 2 * (122 * 3 + 77)
+    assert rows == 2 * (half(len(split.train)) * 3 + half(len(split.val)))
     assert (tmp_path / "cache1" / "features").is_dir()
     chief, worker = _digests([cluster.log(0, "first"), cluster.log(1, "first")])
     assert chief == worker
