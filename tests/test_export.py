@@ -375,6 +375,8 @@ def test_qat_fine_tunes_and_keeps_the_accuracy(run_dir, hymenoptera, tmp_path):
     onnx_int8 = bundle.artifact("onnx-int8")
     assert onnx_int8.recipe.quantizer == "tfmot-qat" and onnx_int8.recipe.format_label() == "QDQ U8S8"
     assert onnx_int8.search[0]["outcome"] == "chosen" and onnx_int8.extra["qat"] == int8.extra["qat"]
+    # TFLite: the QAT model is the first candidate of the search too, chosen (the budget here is 100 pt)
+    assert int8.recipe.quantizer == "tfmot-qat" and int8.search[0]["outcome"] == "chosen", int8.search
     from edgeclf.runtime.backends import open_backend
     from edgeclf.runtime.model import resolve_model
 

@@ -295,6 +295,13 @@ def ladder(job, judge) -> Iterator:
                     note="16-bit activations: float input/output, reference kernels")
 
 
+def qat_candidate(job) -> tuple[bytes, Recipe]:
+    """``--qat``: the quantization-aware-trained int8 model (trained once: onnx-int8 is converted from it)."""
+    from edgeclf.convert import qat
+
+    return qat.qat_tflite(job), Recipe("tfmot-qat", None, "minmax", len(job.calibration()), 8, True, 8, ())
+
+
 def export(fmt, job) -> Artifact:
     from edgeclf.convert import metadata
 
@@ -303,11 +310,8 @@ def export(fmt, job) -> Artifact:
         data = job.float_tflite()
     elif fmt.precision != "int8":
         data = convert(job.keras_model(), fmt.precision)
-    elif job.options.qat:
-        from edgeclf.convert import qat
-
-        data = qat.qat_tflite(job)  # cached: onnx-int8 is converted from it
-        recipe = Recipe("tfmot-qat", None, "minmax", len(job.calibration()), 8, True, 8, ())
+    elif job.options.qat and job.options.search == "none":
+        data, recipe = qat_candidate(job)
     elif job.options.search == "none":
         calib = job.calibration()
         data = convert(job.keras_model(), "int8", calib, io=job.options.io)
@@ -318,7 +322,15 @@ def export(fmt, job) -> Artifact:
         log.info("searching the fastest tflite-int8 within %.2f pt on %d selection images", job.options.max_drop,
                  len(job.selection()))
         judge = job.judge(fmt)
-        result = run_search(judge, ladder(job, judge))
+        steps = ladder(job, judge)
+        if job.options.qat:  # the QAT model first: what the user asked for; the ladder follows if it is over budget
+            import itertools
+
+            from edgeclf.convert.search import Candidate
+
+            data, recipe = qat_candidate(job)
+            steps = itertools.chain([Candidate(recipe, lambda d=data: d, tier=0, note="the QAT model")], steps)
+        result = run_search(judge, steps)
         if result.data is None:
             raise EdgeclfError("every int8 candidate failed: " + "; ".join(
                 f"{t.label}: {t.note}" for t in result.trials))
@@ -334,7 +346,7 @@ def export(fmt, job) -> Artifact:
             search = job.searches[fmt.name]
             artifact.extra.update(selection_images=search.judged, selection_unstable=search.unstable,
                                   selection_from=job.selection_from)
-        if job.qat_info is not None:
+        if job.qat_info is not None and recipe.quantizer == "tfmot-qat":
             artifact.extra["qat"] = job.qat_info
     data = metadata.add_tflite_metadata(data, job.bundle, artifact)
     job.write_model(fmt.file, data)
