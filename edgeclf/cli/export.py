@@ -62,7 +62,8 @@ def command(source, **opts) -> None:
     exact train/val split are used) or a bare .keras file (then --data is required).
 
     Each int8 model is searched for the fastest recipe within --max-drop, judged on labelled images the
-    run held out of training (edgeclf train --holdout), never on validation; the choice and every candidate tried are recorded in edgeclf.json.
+    run held out of training (edgeclf train --holdout), never on validation; the choice and every
+    candidate tried are recorded in edgeclf.json.
     Every model is then loaded back through the edgeclf runtime and evaluated on the validation split
     (top-1, agreement with the float model, drop in points) before success is reported.
 

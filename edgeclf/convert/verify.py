@@ -91,7 +91,7 @@ def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
 
 
 def significance(lost: int | None, gained: int | None, p_value: float | None, images: int) -> str:
-    """'5 images lost and 0 gained of 736, McNemar p 0.06' with what it means, for a drop's warning."""
+    """'5 images lost and 0 gained of 736; McNemar p 0.06: <what that means>', for a drop's warning."""
     if lost is None or gained is None or p_value is None:
         return ""
     meaning = ("not distinguishable from float on this many images" if p_value >= 0.05
