@@ -4,7 +4,7 @@ weights. Prints one line per model and recipe; recorded in benchmarks/results/on
 
     flock /tmp/edgeclf-cpu.lock python benchmarks/onnx_stem_float.py NAME:RUN_DIR:EXPORT_DIR [...]
 """
-import sys, time, numpy as np, onnx
+import sys, tempfile, time, numpy as np, onnx
 from pathlib import Path
 from edgeclf.rundir import load_run
 from edgeclf.convert.calibration import load_images, split_training, CalibrationSet
@@ -31,7 +31,7 @@ for name, run_dir, exp in [a.split(":") for a in sys.argv[1:]]:
     val = load_images(ds.val, inp.height, inp.width, inp.resize); y = np.array([s.label for s in ds.val])
     fp32 = onnx.load(str(Path(exp) / "model_fp32.onnx"))
     pf, tf = run(fp32.SerializeToString(), val)
-    q = Quantizer(fp32, cal, Path("/tmp"))
+    q = Quantizer(fp32, cal, Path(tempfile.gettempdir()))
     stem = tuple(first_conv_names(q.model))
     for fmt, act in (("QOperator", "uint8"), ("QDQ", "uint8"), ("QDQ", "int8")):
         for ex in ((), stem):
