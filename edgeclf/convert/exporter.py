@@ -217,6 +217,19 @@ class ExportJob:
         return Judge(self.bundle, Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision), sel.images,
                      sel.labels, probs, self.options.max_drop, self.out_dir, self.options.threads, stable)
 
+    def search(self, fmt: ExportFormat, judge, steps):
+        """Walk ``steps`` for ``fmt`` with ``judge``; the result is kept (the export table prints it) and says
+        where its selection images came from. Every candidate failing is an error."""
+        from edgeclf.convert.search import run_search
+
+        result = run_search(judge, steps)
+        if result.data is None:
+            raise EdgeclfError("every int8 candidate failed: " + "; ".join(
+                f"{t.label}: {t.note}" for t in result.trials))
+        result.selection_from = self.selection_from
+        self.searches[fmt.name] = result
+        return result
+
     def write_model(self, file: str, data: bytes) -> Path:
         return fsutil.write_bytes(self.out_dir / file, data)
 

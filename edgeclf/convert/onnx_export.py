@@ -430,7 +430,7 @@ def export(fmt, job) -> Artifact:
     elif fmt.precision == "int8":
         import onnx
 
-        from edgeclf.convert.search import Candidate, run_search
+        from edgeclf.convert.search import Candidate
 
         log.info("searching the fastest onnx-int8 within %.2f pt on %d selection images", job.options.max_drop,
                  len(job.selection()))
@@ -442,22 +442,15 @@ def export(fmt, job) -> Artifact:
                 data, recipe = qat_candidate(job)
                 steps = itertools.chain([Candidate(recipe, lambda: data, tier=0,
                                                    note="the QAT TFLite model, converted")], steps)
-            result = run_search(judge, steps)
+            result = job.search(fmt, judge, steps)
         finally:
             quantizer.close()
-        if result.data is None:
-            raise EdgeclfError("every int8 candidate failed: " + "; ".join(
-                f"{t.label}: {t.note}" for t in result.trials))
-        result.selection_from = job.selection_from
-        job.searches[fmt.name] = result
         proto = onnx.load_from_string(result.data)
         artifact.recipe, artifact.search = result.recipe, [t.to_dict() for t in result.trials]
         if result.recipe.quantizer == "tfmot-qat":
             artifact.extra["qat"] = job.qat_info
-        artifact.extra.update({"opset": _opset(proto),
-                               "calibration_images": result.recipe.calibration_images,
-                               "selection_images": result.judged, "selection_unstable": result.unstable,
-                               "selection_from": job.selection_from})
+        artifact.extra.update({"opset": _opset(proto), "calibration_images": result.recipe.calibration_images,
+                               **result.selection_record()})
     else:
         raise ValueError(f"unknown ONNX precision {fmt.precision!r}")
     _set_metadata(proto, onnx_metadata_props(job.bundle, artifact))

@@ -118,6 +118,11 @@ class SearchResult:
     unstable: int = 0  # selection images left out (the float model's own top-1 flips under pixel noise)
     selection_from: str = "train"  # "holdout": images the run held out of training; "train": training images
 
+    def selection_record(self) -> dict:
+        """What ``edgeclf.json`` says of the images this search judged on."""
+        return {"selection_images": self.judged, "selection_unstable": self.unstable,
+                "selection_from": self.selection_from}
+
 
 @dataclass
 class Judge:

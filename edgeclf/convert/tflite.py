@@ -317,8 +317,6 @@ def export(fmt, job) -> Artifact:
         data = convert(job.keras_model(), "int8", calib, io=job.options.io)
         recipe = Recipe(QUANTIZER, None, "minmax", len(calib), 8, True, 8, ())
     else:
-        from edgeclf.convert.search import run_search
-
         log.info("searching the fastest tflite-int8 within %.2f pt on %d selection images", job.options.max_drop,
                  len(job.selection()))
         judge = job.judge(fmt)
@@ -330,22 +328,15 @@ def export(fmt, job) -> Artifact:
 
             data, recipe = qat_candidate(job)
             steps = itertools.chain([Candidate(recipe, lambda d=data: d, tier=0, note="the QAT model")], steps)
-        result = run_search(judge, steps)
-        if result.data is None:
-            raise EdgeclfError("every int8 candidate failed: " + "; ".join(
-                f"{t.label}: {t.note}" for t in result.trials))
+        result = job.search(fmt, judge, steps)
         data, recipe, trials = result.data, result.recipe, result.trials
-        result.selection_from = job.selection_from
-        job.searches[fmt.name] = result
     inp, out = io_specs(data)
     artifact = Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision, input=inp, output=out,
                         recipe=recipe, search=[t.to_dict() for t in trials])
     if fmt.precision == "int8":
         artifact.extra["calibration_images"] = recipe.calibration_images
         if fmt.name in job.searches:
-            search = job.searches[fmt.name]
-            artifact.extra.update(selection_images=search.judged, selection_unstable=search.unstable,
-                                  selection_from=job.selection_from)
+            artifact.extra.update(job.searches[fmt.name].selection_record())
         if job.qat_info is not None and recipe.quantizer == "tfmot-qat":
             artifact.extra["qat"] = job.qat_info
     data = metadata.add_tflite_metadata(data, job.bundle, artifact)
