@@ -83,6 +83,7 @@ class ExportOptions:
     max_drop: float = 0.5  # points vs the float model: the int8 budget
     search: str = "auto"  # auto: search each int8 artifact for the fastest within budget; none: one fixed recipe
     strict: bool = False  # an artifact over budget exits 3 instead of warning
+    bias_correction: bool = True  # the search corrects each int8 candidate's biases against float first
     qat: bool = False
     qat_epochs: int = 2
     data: str | None = None  # bare .keras: the photo folder (calibration + verification)

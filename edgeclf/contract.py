@@ -58,6 +58,7 @@ class Recipe:
     activation_bits: int = 8  # 16: int16 activations with int8 weights
     float_layers: tuple[str, ...] = ()  # layers (TFLite tensors / ONNX nodes) kept in float
     activation_type: str = "int8"  # int8 | uint8 | int16 | uint16 (ONNX Runtime's U8S8 is uint8 activations)
+    bias_correction: bool = False  # int32 biases shifted so each layer's outputs average float's
 
     def format_label(self) -> str:
         """``QDQ U8S8``: the ONNX operator format with activation and weight signedness."""
@@ -72,7 +73,7 @@ class Recipe:
         parts = [self.format_label()] if self.quant_format else []
         parts += [f"{self.calibration}/{self.calibration_images}", f"w{self.weight_bits}",
                   "per-channel" if self.per_channel else "per-tensor", f"a{self.activation_bits}"]
-        text = " ".join(parts)
+        text = " ".join(parts) + (" bias-corrected" if self.bias_correction else "")
         return text + (f", {len(self.float_layers)} float" if self.float_layers else "")
 
     @classmethod

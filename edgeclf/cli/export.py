@@ -27,6 +27,10 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
               help="auto: for each int8 model, try recipes from the fastest expected to the slowest (calibration, "
                    "per-channel, 7/8-bit weights, ONNX QDQ/QOperator), then the most sensitive layers in float, "
                    "then 16-bit activations, until one is within --max-drop. none: one fixed recipe.")
+@click.option("--bias-correction/--no-bias-correction", default=default(ExportOptions, "bias_correction"),
+              show_default=True,
+              help="The search shifts each int8 layer's bias so its outputs average float's on calibration images "
+                   "(NNCF's and AIMET's post-training step): same file size and speed, fewer answers changed.")
 @click.option("--strict", is_flag=True, help="Exit 3 when a model is over --max-drop (default: warn, exit 0).")
 @click.option("--calib-images", type=int, default=default(ExportOptions, "calib_images"), show_default=True,
               help="Calibration images, drawn stratified from the training split (warning under 100).")

@@ -11,8 +11,11 @@ nodes left in float (``denylisted_nodes``: the full, ``;``-joined names of the n
 the calibrated model; an unknown name is silently ignored by the converter, so names are always taken
 from the calibrated model itself). The ladder, fastest expected first:
 
-1. all int8, per-channel weights, MinMax ranges on ``--calib-images`` (the converter has no other method);
-2. the same on a calibration set twice as large (more of the training split, never the selection images);
+1. all int8, per-channel weights, MinMax ranges on ``--calib-images`` (the converter has no other method),
+   with every int32 bias corrected against float (:mod:`edgeclf.convert.biascorr`; ``--no-bias-correction``
+   leaves it out); then the same on a calibration set twice as large (more of the training split, never
+   the selection images);
+2. the same two as the converter leaves them (no bias correction);
 3. the most sensitive tensors kept in float, 1, 2, 4, 8 groups. A group is an activation tensor with the
    node that produces it and the nodes that consume it (a float producer with a quantized consumer would
    requantize the same range). Groups are ranked as NNCF does (:mod:`edgeclf.convert.search`): each is
@@ -262,34 +265,50 @@ def layer_label(node: str, layer_names: set[str]) -> str:
 
 def ladder(job, judge) -> Iterator:
     """Candidates for ``tflite-int8``, fastest expected first (see the module docstring)."""
+    from edgeclf.convert import biascorr
     from edgeclf.convert.search import Candidate, fallback
 
     keras_model, io = job.keras_model(), job.options.io
     calib = job.calibration()
     calibrated = {len(calib): calibrate(keras_model, calib)}
     base = Recipe(QUANTIZER, None, "minmax", len(calib), 8, True, 8, ())
-    yield Candidate(base, lambda: quantize(calibrated[len(calib)], io), tier=0)
-
     bigger = job.larger_calibration(CALIBRATION_GROWTH)
-    if bigger is not None:
-        calibrated[len(bigger)] = calibrate(keras_model, bigger)
-        yield Candidate(replace(base, calibration_images=len(bigger)),
-                        lambda: quantize(calibrated[len(bigger)], io), tier=0)
+    sizes = [len(calib)] + ([len(bigger)] if bigger is not None else [])
 
-    # float fallback, from the more accurate calibration: groups ranked by reverting each alone
-    best = judge.best_measured(tiers=[0])
+    def calibrated_on(n):
+        if n not in calibrated:
+            calibrated[n] = calibrate(keras_model, bigger)
+        return calibrated[n]
+
+    def corrected(n):
+        return biascorr.tflite(quantize(calibrated_on(n), io), calibrated_on(n), calib.images, job.options.threads)
+
+    # 1. bias-corrected (same size and speed, fewer answers changed), then as the converter leaves it
+    plain_tier = 1 if job.options.bias_correction else 0
+    if job.options.bias_correction:
+        for n in sizes:
+            yield Candidate(replace(base, calibration_images=n, bias_correction=True), lambda n=n: corrected(n),
+                            tier=0)
+    for n in sizes:
+        yield Candidate(replace(base, calibration_images=n), lambda n=n: quantize(calibrated_on(n), io),
+                        tier=plain_tier)
+
+    # 2. float fallback, from the more accurate plain calibration: groups ranked by reverting each alone
+    best = judge.best_measured(tiers=[plain_tier])
     if best is not None:
         recipe = best[1]
         n = recipe.calibration_images
         images = (bigger if bigger is not None and n == len(bigger) else calib).images[:SENSITIVITY_IMAGES]
-        groups = [g for _, g in sensitive_groups(calibrated[n], quantize(calibrated[n], io), images)]
+        groups = [g for _, g in sensitive_groups(calibrated_on(n), quantize(calibrated_on(n), io), images)]
         layer_names = {layer.name for layer in keras_model.layers}
 
         def recipe_for(chosen):
             return replace(recipe, float_layers=tuple(dict.fromkeys(
                 layer_label(node, layer_names) for g in chosen for node in g)))
 
-        yield from fallback(judge, recipe, groups, lambda nodes: quantize(calibrated[n], io, nodes), recipe_for)
+        for c in fallback(judge, recipe, groups, lambda nodes: quantize(calibrated[n], io, nodes), recipe_for):
+            c.tier += plain_tier
+            yield c
 
     yield Candidate(replace(base, activation_bits=16), lambda: convert_16x8(keras_model, calib), tier=100,
                     note="16-bit activations: float input/output, reference kernels")
