@@ -325,6 +325,72 @@ def test_selection_images_are_disjoint_from_calibration_and_validation(run_dir, 
     assert not ({s.path for s in calib} | {s.path for s in selection}) & val
 
 
+def _tflite_biases(data: bytes) -> dict:
+    """The int32 bias of every conv/FC of a TFLite model, by output tensor name (read with the schema)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(bytearray(data), 0)
+    graph = model.Subgraphs(0)
+    found = {}
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        if op.InputsLength() >= 3 and op.Inputs(2) >= 0:
+            t = graph.Tensors(op.Inputs(2))
+            if t.Type() == schema.TensorType.INT32:
+                found[graph.Tensors(op.Outputs(0)).Name().decode()] = \
+                    model.Buffers(t.Buffer()).DataAsNumpy().view(np.int32).astype(np.int64)
+    return found
+
+
+def _onnx_biases(data: bytes) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t).astype(np.int64) for t in onnx.load_from_string(data).graph.initializer
+            if t.data_type == onnx.TensorProto.INT32 and t.name.endswith("_quantized")}
+
+
+def test_bias_correction_moves_only_biases_and_converges(run_dir, tmp_path):
+    """On the session's real model, for TFLite and both ONNX Runtime formats: the correction changes only
+    int32 biases (same file size, same operators), moves many of them, and a second pass moves them far
+    less than the first (the first removed the error it measures: a wrong sign or scale would not)."""
+    from edgeclf.contract import Bundle, InputSpec, Recipe
+    from edgeclf.convert import biascorr, onnx_export, tflite
+    from edgeclf.convert.exporter import ExportJob, load_keras
+    from edgeclf.convert.source import resolve_source
+
+    source = resolve_source(run_dir)
+    model = load_keras(source.model_path)
+    job = ExportJob(source, ExportOptions(target=run_dir, out=tmp_path, int8=True, calib_images=CALIB),
+                    Bundle(source.classes, InputSpec(IMGSZ, IMGSZ)), tmp_path, model, lambda m: None)
+    images = job.calibration().images
+    calibrated = tflite.calibrate(model, job.calibration())
+    plain = tflite.quantize(calibrated, "uint8")
+    quantizer = onnx_export.Quantizer(onnx_export.convert_fp32(model, IMGSZ, IMGSZ), job.calibration(), tmp_path)
+    try:
+        cases = [("tflite", plain, lambda q: biascorr.tflite(q, calibrated, images), _tflite_biases)]
+        for fmt in ("QDQ", "QOperator"):
+            q = quantizer.quantize(Recipe("onnxruntime", fmt, "minmax", CALIB, 8, True, 8, (), "uint8"))
+            cases.append((fmt, q, lambda q: biascorr.onnx(q, quantizer.model, images, onnx_export.INPUT_NAME),
+                          _onnx_biases))
+        for name, q0, fix, biases in cases:
+            q1 = fix(q0)
+            q2 = fix(q1)
+            b0, b1, b2 = biases(q0), biases(q1), biases(q2)
+            assert len(q1) == len(q0) and b0.keys() == b1.keys() and len(b0) >= 50, name
+            # per channel, in bias steps; the median, as channels differ by orders of magnitude in scale
+            first = float(np.median(np.concatenate([np.abs(b1[k] - b0[k]) for k in b0])))
+            second = float(np.median(np.concatenate([np.abs(b2[k] - b1[k]) for k in b0])))
+            moved = sum(int((b1[k] != b0[k]).any()) for k in b0)
+            assert moved >= len(b0) // 2, (name, moved, len(b0))
+            assert first > 0 and second < 0.5 * first, (name, first, second)
+            if name == "tflite":  # nothing but bias bytes changed
+                diff = np.flatnonzero(np.frombuffer(q0, np.uint8) != np.frombuffer(q1, np.uint8))
+                assert 0 < len(diff) <= 4 * sum(v.size for v in b0.values())
+    finally:
+        quantizer.close()
+
+
 def test_recipe_is_recorded_and_read_back_by_run(exported, hymenoptera, tmp_path):
     bundle = load_bundle(exported.out_dir)
     for name in ("tflite-int8", "onnx-int8"):

@@ -35,6 +35,7 @@ IMAGES = 256  # at most this many calibration images are measured on (fewer: mem
 MEMORY_BYTES = 1 << 30  # the float outputs kept for them (float16) stay under this
 SECONDS = 90  # the correction of one candidate should take about this long at most
 MIN_IMAGES = 8  # fewer than this would fit: the correction is skipped (big backbones on a slow CPU)
+BIAS_LIMIT = 1 << 30  # what TFLite's converter clamps int32 biases to; corrected biases stay inside it
 MIN_ELEMENTS = 8  # a channel seen inside its range fewer times than this is left as it is
 
 
@@ -74,12 +75,14 @@ def correct(layers: list[Layer], reference: Callable[[int], np.ndarray], quantiz
     for k, layer in enumerate(layers):
         err = channel_error(quantized(k), reference(k), layer)
         scale = np.broadcast_to(np.asarray(layer.bias_scale, np.float64), err.shape)
-        step = np.round(err / scale)
-        step = np.clip(step, np.iinfo(np.int32).min // 2, np.iinfo(np.int32).max // 2).astype(np.int64)
+        # a channel whose weights all round to 0 gets a bias scale near 0 and its bias clamped by the
+        # quantizer: no bias step moves its output, so it is left as it is
+        bias = layer.bias.astype(np.int64)
+        step = np.where(np.abs(bias) < BIAS_LIMIT, np.round(np.clip(err / scale, -BIAS_LIMIT, BIAS_LIMIT)), 0)
+        step = step.astype(np.int64)
         if not step.any():
             continue
-        layer.bias[...] = np.clip(layer.bias.astype(np.int64) - step, np.iinfo(np.int32).min,
-                                  np.iinfo(np.int32).max).astype(np.int32)
+        layer.bias[...] = np.where(step != 0, np.clip(bias - step, -BIAS_LIMIT + 1, BIAS_LIMIT - 1), bias)
         moved += 1
         before.append(float(np.abs(err).mean()))
     seconds = time.perf_counter() - t0
