@@ -110,6 +110,24 @@ def image_count(layers: int, bytes_per_image: int, available: int, seconds_per_i
 # ---------------------------------------------------------------- TFLite
 
 def tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: int | None = None) -> bytes:
+    """The TFLite correction (:func:`_tflite`); a model it cannot handle is a one-line error (the search
+    records the candidate as failed and goes on to the uncorrected one)."""
+    return _guard(_tflite, quantized, calibrated, images, threads)
+
+
+def _guard(fn, *args):
+    from edgeclf.errors import EdgeclfError
+
+    try:
+        return fn(*args)
+    except EdgeclfError:
+        raise
+    except Exception as exc:  # an operator layout this code does not know: say so, do not stop the export
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgeclfError(f"bias correction failed ({type(exc).__name__}: {first})") from exc
+
+
+def _tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: int | None = None) -> bytes:
     """``quantized`` (a full-integer TFLite model) with its int32 biases corrected against ``calibrated``
     (the float model with ranges the converter calibrated: same tensor names) on ``images`` (uint8 NHWC)."""
     import warnings
@@ -179,7 +197,8 @@ def tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: int
         missing = [layer.name for layer in layers if layer.name not in index]
         log.info("  bias correction skipped: %d quantized tensors have no float counterpart", len(missing))
         return quantized
-    per_image = sum(int(np.prod(ref.get_tensor(index[layer.name]).shape)) * 2 for layer in layers)
+    shapes = {d["index"]: d["shape"] for d in ref.get_tensor_details()}
+    per_image = sum(int(np.prod(shapes[index[layer.name]])) * 2 for layer in layers)
     t = time.perf_counter()
     probe = interpreter(buf, True)
     setup = time.perf_counter() - t
@@ -210,6 +229,11 @@ def tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: int
 # ---------------------------------------------------------------- ONNX
 
 def onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, threads: int | None = None) -> bytes:
+    """The ONNX correction (:func:`_onnx`); errors as for :func:`tflite`."""
+    return _guard(_onnx, quantized, float_model, images, input_name, threads)
+
+
+def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, threads: int | None = None) -> bytes:
     """``quantized`` (an ONNX Runtime int8 model, QDQ or QOperator) with the int32 biases of its
     convolutions and Gemms corrected against ``float_model`` (the graph it was quantized from: same tensor
     names) on ``images`` (uint8 NHWC; the models take them as float pixels)."""
