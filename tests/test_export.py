@@ -277,13 +277,14 @@ def test_strict_and_search_options_reach_the_exporter(monkeypatch, tmp_path):
 
     monkeypatch.setattr(exporter, "export_model", fake_export)
     res = CliRunner().invoke(main, ["export", str(tmp_path), "--int8", "--strict", "--search", "none",
-                                    "--max-drop", "1.5", "--selection-images", "200"])
+                                    "--max-drop", "1.5", "--selection-images", "200", "--no-bias-correction"])
     assert res.exit_code == 2 and "stop here" in res.output
     o = seen[0]
-    assert (o.strict, o.search, o.max_drop, o.selection_images, o.io) == (True, "none", 1.5, 200, "uint8")
+    assert (o.strict, o.search, o.max_drop, o.selection_images, o.io, o.bias_correction) == (
+        True, "none", 1.5, 200, "uint8", False)
     res = CliRunner().invoke(main, ["export", str(tmp_path), "--int8"])
     o = seen[1]
-    assert (o.strict, o.search, o.max_drop, o.io) == (False, "auto", 0.5, "uint8")  # the defaults
+    assert (o.strict, o.search, o.max_drop, o.io, o.bias_correction) == (False, "auto", 0.5, "uint8", True)
 
 
 def test_selection_images_are_disjoint_from_calibration_and_validation(run_dir, tmp_path):
