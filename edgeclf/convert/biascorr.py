@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgeclf.errors import EdgeclfError
 from edgeclf.log import get_logger
 
 log = get_logger(__name__)
@@ -95,15 +96,16 @@ def image_count(layers: int, bytes_per_image: int, available: int, seconds_per_i
                 seconds_per_layer: float = 0.0) -> int:
     """How many correction images: IMAGES, fewer when their float outputs would pass MEMORY_BYTES or the
     correction (every layer runs the quantized model on every image) would pass SECONDS; 0 when fewer
-    than MIN_IMAGES would be left (the correction is skipped)."""
+    than MIN_IMAGES would be left: TooSlow (the search skips the candidate)."""
     fit = MEMORY_BYTES // max(1, bytes_per_image)
     left = SECONDS / max(1, layers) - seconds_per_layer
     affordable = int(left / seconds_per_image) if seconds_per_image > 0 else IMAGES
     n = int(min(IMAGES, available, fit, affordable))
     if n < min(MIN_IMAGES, available):
-        log.info("  bias correction skipped: %d layers x %.0f ms per image would leave room for %d images "
-                 "(at least %d)", layers, 1000 * seconds_per_image, max(n, 0), MIN_IMAGES)
-        return 0
+        from edgeclf.convert.search import TooSlow  # the search records the candidate as skipped
+
+        raise TooSlow(f"bias correction: {layers} layers x {1000 * seconds_per_image:.0f} ms per image leave "
+                      f"room for {max(n, 0)} images in {SECONDS} s (at least {MIN_IMAGES})")
     return n
 
 
@@ -116,8 +118,6 @@ def tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: int
 
 
 def _guard(fn, *args):
-    from edgeclf.errors import EdgeclfError
-
     try:
         return fn(*args)
     except EdgeclfError:
@@ -163,7 +163,7 @@ def _tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: in
                             (info.min - zp) * scale, (info.max - zp) * scale, -1))
         outputs.append((op.Outputs(0), scale, zp))
     if not layers:
-        return quantized
+        raise EdgeclfError("bias correction: no int32 bias in this model")
 
     def interpreter(data, preserve):
         with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": it is what it is for here
@@ -193,10 +193,9 @@ def _tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: in
 
     ref = interpreter(calibrated, True)
     index = {d["name"]: d["index"] for d in ref.get_tensor_details()}
-    if any(layer.name not in index for layer in layers):  # the float model names its tensors differently
-        missing = [layer.name for layer in layers if layer.name not in index]
-        log.info("  bias correction skipped: %d quantized tensors have no float counterpart", len(missing))
-        return quantized
+    missing = [layer.name for layer in layers if layer.name not in index]
+    if missing:  # the float model names its tensors differently
+        raise EdgeclfError(f"bias correction: {len(missing)} quantized tensors have no float counterpart")
     shapes = {d["index"]: d["shape"] for d in ref.get_tensor_details()}
     per_image = sum(int(np.prod(shapes[index[layer.name]])) * 2 for layer in layers)
     t = time.perf_counter()
@@ -209,8 +208,6 @@ def _tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: in
     probe.invoke()
     n = image_count(len(layers), per_image, len(images), time.perf_counter() - t, setup)
     del probe
-    if n == 0:
-        return quantized
     images = images[:n]
     inp = ref.get_input_details()[0]
     stored = [[] for _ in layers]
@@ -299,7 +296,7 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
         layers.append(Layer(bias_name, bias.copy(), np.ravel(bias_scale), r[2], r[3], axis))
         measured.append((target, deq, ref_name))
     if not layers:
-        return quantized
+        raise EdgeclfError("bias correction: no int32 bias in this model")
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -325,8 +322,6 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
     probe.run(None, {input_name: images[:1].astype(np.float32)})
     n = image_count(len(layers), per_image, len(images), time.perf_counter() - t, setup)
     del probe
-    if n == 0:
-        return quantized
     images = images[:n]
     stored = {r: [] for r in refs}
     for img in images:
