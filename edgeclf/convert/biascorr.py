@@ -35,6 +35,7 @@ log = get_logger(__name__)
 IMAGES = 256  # at most this many calibration images are measured on (fewer: memory and time, below)
 MEMORY_BYTES = 1 << 30  # the float outputs kept for them (float16) stay under this
 SECONDS = 90  # the correction of one candidate should take about this long at most
+BATCH = 16  # ONNX Runtime runs the correction images this many at a time
 MIN_IMAGES = 8  # fewer than this would fit: the correction is skipped (big backbones on a slow CPU)
 BIAS_LIMIT = 1 << 30  # what TFLite's converter clamps int32 biases to; corrected biases stay inside it
 MIN_ELEMENTS = 8  # a channel seen inside its range fewer times than this is left as it is
@@ -324,8 +325,8 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
     del probe
     images = images[:n]
     stored = {r: [] for r in refs}
-    for img in images:
-        outs = dict(zip(names, sess.run(None, {input_name: img[None].astype(np.float32)})))
+    for k in range(0, len(images), BATCH):
+        outs = dict(zip(names, sess.run(None, {input_name: images[k:k + BATCH].astype(np.float32)})))
         for r in refs:
             stored[r].append(outs[r].astype(np.float16))
     del sess
@@ -335,10 +336,10 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
             inits[layer.name].CopyFrom(numpy_helper.from_array(layer.bias, layer.name))
         target, deq, _ = measured[k]
         s = session(model, [target])
+        names = [o.name for o in s.get_outputs()]
         out = []
-        for img in images:
-            y = dict(zip([o.name for o in s.get_outputs()],
-                         s.run(None, {input_name: img[None].astype(np.float32)})))[target]
+        for i in range(0, len(images), BATCH):
+            y = dict(zip(names, s.run(None, {input_name: images[i:i + BATCH].astype(np.float32)})))[target]
             out.append(y.astype(np.float32) if deq is None else (y.astype(np.float32) - deq[1]) * deq[0])
         return np.concatenate(out)
 
