@@ -56,11 +56,26 @@ def cand(judge, name: str, pred: np.ndarray, tier: int = 0, p50: float = 1.0, si
 
 
 def test_the_first_candidate_within_budget_wins(judge):
-    ladder = [cand(judge, "A", _flips(3)), cand(judge, "B", _flips(0)), cand(judge, "C", _flips(0), tier=1)]
+    ladder = [cand(judge, "A", _flips(6)), cand(judge, "B", _flips(0)), cand(judge, "C", _flips(0), tier=1)]
     result = search.run_search(judge, ladder)
     assert result.within_budget and result.chosen.label.startswith("B")
     assert [t.outcome for t in result.trials] == ["over budget", "chosen"]  # C was never built
-    assert result.trials[0].selection_drop_pt == 3.0 and result.trials[0].selection_agreement == 0.97
+    assert result.trials[0].selection_drop_pt == 6.0 and result.trials[0].selection_agreement == 0.94
+    assert (result.trials[0].selection_lost, result.trials[0].selection_gained) == (6, 0)
+
+
+def test_a_drop_the_selection_images_cannot_resolve_is_not_over_budget(judge):
+    """Two or three images down on 100 is over 0.5 pt as measured, but not shown to be: the first such
+    candidate is kept rather than a later one that happened to lose none (ranking noise); six down is shown."""
+    ladder = [cand(judge, "A", _flips(3)), cand(judge, "B", _flips(0))]
+    result = search.run_search(judge, ladder)
+    assert result.within_budget and result.chosen.label.startswith("A") and len(result.trials) == 1
+    assert "3 lost, 0 gained of 100: not shown to be over budget" in result.trials[0].note
+    assert not search.over_budget(2, 0, 289, 0.5) and not search.over_budget(3, 0, 100, 0.5)
+    assert search.over_budget(4, 0, 100, 0.5) and search.over_budget(10, 1, 289, 0.5)
+    assert search.over_budget(100, 2, 289, 0.5)  # a collapsed or broken recipe
+    assert not search.over_budget(12, 10, 289, 0.5)  # churn both ways, a net loss of two
+    assert not search.over_budget(0, 0, 0, 0.5)
 
 
 def test_same_speed_tie_goes_to_the_smaller_and_slower_ones_are_named(judge):
@@ -78,8 +93,8 @@ def test_same_speed_tie_goes_to_the_smaller_and_slower_ones_are_named(judge):
 
 def test_nothing_within_budget_keeps_the_most_accurate_and_never_a_collapsed_one(judge):
     collapsed = np.zeros(N, int)  # one class for everything
-    ladder = [cand(judge, "A", collapsed), cand(judge, "B", _flips(3)), cand(judge, "C", _flips(2), tier=1),
-              cand(judge, "D", _flips(2), tier=2)]
+    ladder = [cand(judge, "A", collapsed), cand(judge, "B", _flips(6)), cand(judge, "C", _flips(5), tier=1),
+              cand(judge, "D", _flips(5), tier=2)]
     result = search.run_search(judge, ladder)
     assert not result.within_budget and result.chosen.label.startswith("C")  # same drop as D, expected faster
     assert [t.outcome for t in result.trials] == ["collapsed", "over budget", "kept (best, over budget)", "over budget"]

@@ -426,8 +426,12 @@ def _judge_budget(job: ExportJob, rows: list[ExportRow], warn) -> None:
                  f"{verify.advice(row.name, fmt_precision, opts.qat)}")
         else:
             row.note = f"try: {verify.advice(row.name, fmt_precision, opts.qat)}"
-            where = (f" (within budget on the selection images: {row.selection_drop_pt:+.2f} pt)"
-                     if row.selection_drop_pt is not None else "")
+            where = ""
+            if row.selection_drop_pt is not None:
+                c = search.chosen
+                where = (f" (within budget on the {search.judged} selection images: {row.selection_drop_pt:+.2f} pt"
+                         + (f", {c.selection_lost} lost and {c.selection_gained} gained" if c.selection_lost is not None
+                            else "") + ")")
             if search is not None and job.selection_from == "train" and _selection_memorized(job):
                 where += (" — the float model classifies every selection image correctly (training images it has "
                           "learned), so the int8 candidates could not be told apart on them; retrain with "
