@@ -190,15 +190,28 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
             if not a:
                 continue
             lines += [f"Search trace, {fmt} ({len(a['search'])} candidates):", "",
-                      "| candidate | selection drop | agreement | p50 here | size | time | outcome |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| candidate | selection drop | lost / gained | agreement | p50 here | size | time | outcome |",
+                      "|---|---|---|---|---|---|---|---|"]
             for t in a["search"]:
                 drop = f"{t['selection_drop_pt']:+.2f}" if t["selection_drop_pt"] is not None else "-"
                 agree = f"{t['selection_agreement']:.1%}" if t["selection_agreement"] is not None else "-"
                 p50 = f"{t['p50_ms']:.2f} ms" if t["p50_ms"] is not None else "-"
-                lines.append(f"| {t['label']} | {drop} | {agree} | {p50} | {t['bytes'] / 1e6:.2f} MB | "
-                             f"{t['seconds']:.0f} s | {t['outcome']} |")
+                lg = (f"{t['selection_lost']} / {t['selection_gained']}" if t.get("selection_lost") is not None
+                      else "-")
+                outcome = t["outcome"] + (f" ({t['note']})" if t.get("note") else "")
+                lines.append(f"| {t['label']} | {drop} | {lg} | {agree} | {p50} | {t['bytes'] / 1e6:.2f} MB | "
+                             f"{t['seconds']:.0f} s | {outcome} |")
             lines.append("")
+            q, f = _row(rows, "search", fmt, "litert" if fmt.startswith("tflite") else "onnxruntime"), \
+                _row(rows, "search", fmt.replace("int8", "fp32"), "litert" if fmt.startswith("tflite") else "onnxruntime")
+            if q and f and q["p50_ms"] >= f["p50_ms"]:
+                tried = sorted({t["label"].split(" minmax")[0] if fmt.startswith("onnx") else t["label"]
+                                for t in a["search"]})
+                lines += [f"{fmt} is not faster than fp32 here ({q['p50_ms']:.2f} against {f['p50_ms']:.2f} ms): "
+                          f"the whole network takes well under a millisecond, and what was tried was "
+                          f"{'; '.join(tried)} (the search timed each on this machine"
+                          f"{'; LiteRT has one int8 kernel path here, XNNPACK' if fmt.startswith('tflite') else ''}).",
+                          ""]
     if qat:
         lines += ["## `--qat` where post-training int8 is over budget", "",
                   "Quantization-aware fine-tuning (tensorflow-model-optimization under tf_keras, 2 epochs) on the same "
@@ -225,7 +238,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeclf-quantization"))
     ap.add_argument("--out", type=Path, default=OUT / "quantization.md")
     ap.add_argument("--qat", nargs="*", type=Path, default=[], help="runs to export with --qat as well")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="write the markdown again from a JSON record this script wrote (no measuring)")
     a = ap.parse_args()
+    if a.render is not None:
+        rec = json.loads(a.render.read_text())
+        command = "python benchmarks/quantization.py " + " ".join(shown(r) for r in a.runs)
+        a.out.write_text(markdown(rec["results"], rec["machine"], command, rec["qat"]))
+        print(f"wrote {a.out}")
+        return
     results = [one_run(run.resolve(), a.work) for run in a.runs]
     qat = [qat_run(run.resolve(), a.work) for run in a.qat]
     mach = machine()
