@@ -327,9 +327,10 @@ def test_opencv_runs_the_int8_onnx_model_like_onnxruntime(export_dir, hymenopter
     assert all(r["status"] == "ok" for r in rows.values()), rows
     cv, ort = float(rows[("onnx-fp32", "opencv")]["top1"]), float(rows[("onnx-fp32", "onnxruntime")]["top1"])
     assert abs(cv - ort) <= 0.02, (cv, ort)  # float: the same arithmetic
-    # int8: OpenCV's classic engine and ONNX Runtime's int8 kernels are two approximations of the float model
-    # (on this tiny model each changes about 5 % of its answers, not the same ones): OpenCV's must be as
-    # faithful to float as ONNX Runtime's. A misread scale or zero point would make it far worse.
+    # int8: OpenCV's classic engine and ONNX Runtime's int8 kernels are two approximations of the float model.
+    # Export corrects the int8 biases against ONNX Runtime's outputs, so ONNX Runtime is the more faithful of
+    # the two (on this tiny model it changes about 1-2 % of the answers, OpenCV about 4 %, uncorrected both
+    # about 5 %): OpenCV's must stay within a few points of it. A misread scale or zero point would be far worse.
     from edgeclf.convert.calibration import load_images
     from edgeclf.rundir import load_run
     from edgeclf.runtime.backends import open_backend
@@ -347,7 +348,7 @@ def test_opencv_runs_the_int8_onnx_model_like_onnxruntime(export_dir, hymenopter
     fp32 = preds["onnxruntime", "onnx-fp32"]
     agree_cv = float((preds["opencv", "onnx-int8"] == fp32).mean())
     agree_ort = float((preds["onnxruntime", "onnx-int8"] == fp32).mean())
-    assert agree_cv >= 0.9 and agree_cv >= agree_ort - 0.02, (agree_cv, agree_ort)
+    assert agree_cv >= 0.9 and agree_cv >= agree_ort - 0.05, (agree_cv, agree_ort)
 
 
 def _one_line_error(result, *needles: str) -> None:
