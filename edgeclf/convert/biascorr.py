@@ -124,8 +124,9 @@ def _guard(fn, *args):
     except EdgeclfError:
         raise
     except Exception as exc:  # an operator layout this code does not know: say so, do not stop the export
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgeclfError(f"bias correction failed ({type(exc).__name__}: {first})") from exc
+        from edgeclf.convert.search import _first_line
+
+        raise EdgeclfError(f"bias correction failed ({type(exc).__name__}: {_first_line(exc)})") from exc
 
 
 def _tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: int | None = None) -> bytes:
@@ -332,8 +333,8 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
     del sess
 
     def quantized_output(k):
-        for layer in layers[:k + 1]:  # the biases corrected so far (and this one's current value)
-            inits[layer.name].CopyFrom(numpy_helper.from_array(layer.bias, layer.name))
+        if k:  # the one bias that may have moved since the last call: the layer before
+            inits[layers[k - 1].name].CopyFrom(numpy_helper.from_array(layers[k - 1].bias, layers[k - 1].name))
         target, deq, _ = measured[k]
         s = session(model, [target])
         names = [o.name for o in s.get_outputs()]
@@ -345,6 +346,6 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
 
     correct(layers, lambda k: np.concatenate(stored[measured[k][2]]).astype(np.float32), quantized_output,
             len(images))
-    for layer in layers:
-        inits[layer.name].CopyFrom(numpy_helper.from_array(layer.bias, layer.name))
+    last = layers[-1]
+    inits[last.name].CopyFrom(numpy_helper.from_array(last.bias, last.name))
     return model.SerializeToString()

@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from edgeclf import metrics
+from edgeclf.bench.stats import mcnemar_exact
 from edgeclf.contract import Artifact, Bundle, Recipe
 from edgeclf.convert import verify
 from edgeclf.errors import EdgeclfError
@@ -184,8 +185,8 @@ class Judge:
         keep = self.stable
         cmp = metrics.compare(pred[keep], self.labels[keep], self.reference_pred[keep])
         trial.selection_top1, trial.selection_drop_pt, trial.selection_agreement = cmp.top1, cmp.drop_pt, cmp.agreement
-        right, ref_right = pred[keep] == self.labels[keep], self.reference_pred[keep] == self.labels[keep]
-        trial.selection_lost, trial.selection_gained = int((ref_right & ~right).sum()), int((right & ~ref_right).sum())
+        test = mcnemar_exact(pred[keep], self.reference_pred[keep], self.labels[keep])
+        trial.selection_lost, trial.selection_gained = test.only_reference_right, test.only_model_right
         reason = verify.collapse_reason(pred, self.labels, len(self.bundle.classes), metrics.top1(pred, self.labels),
                                         metrics.top1(self.reference_pred, self.labels), self.bundle.classes,
                                         verify.predicted_share(self.reference_pred, len(self.bundle.classes)),
@@ -209,9 +210,10 @@ class Judge:
         images cannot tell it from the budget (see ``over_budget``)."""
         if trial.selection_drop_pt is None:
             return False
-        if trial.selection_drop_pt <= self.budget_pt + 1e-9 or trial.selection_lost is None:
-            return trial.selection_drop_pt <= self.budget_pt + 1e-9
-        return not over_budget(trial.selection_lost, trial.selection_gained, self.judged, self.budget_pt)
+        if trial.selection_drop_pt <= self.budget_pt + 1e-9:
+            return True
+        return trial.selection_lost is not None and not over_budget(trial.selection_lost, trial.selection_gained,
+                                                                    self.judged, self.budget_pt)
 
     def run(self, data: bytes, images: np.ndarray) -> np.ndarray:
         """Probabilities of a candidate model on ``images`` (no timing): what group ranking uses."""
