@@ -21,7 +21,14 @@ IMAGE_EXTENSIONS = frozenset(
 # Files that real photo folders contain and that are never images: skipped without a warning.
 JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", ".directory", "icon\r"})
 
-RESIZE_METHODS = {"bilinear": 1, "area": 3, "nearest": 0}  # cv2.INTER_LINEAR, INTER_AREA, INTER_NEAREST
+# OpenCV flag per resize method. "bilinear" is INTER_LINEAR_EXACT, not INTER_LINEAR: INTER_LINEAR's SIMD
+# paths round differently on x86 and ARM (the same JPEG resized to 224x224 gives different bytes with
+# OpenCV's x86_64 and aarch64 wheels), while INTER_LINEAR_EXACT is bit-exact across ISAs (and within one
+# grey level of INTER_LINEAR). A model trained here sees on a Pi the very bytes it saw here. "area" has no
+# exact variant: its bytes may differ by ISA.
+RESIZE_METHODS = {"bilinear": 5, "area": 3, "nearest": 0}  # cv2.INTER_LINEAR_EXACT, INTER_AREA, INTER_NEAREST
+RESIZE_IMPLEMENTATION = {"bilinear": "cv2.INTER_LINEAR_EXACT", "area": "cv2.INTER_AREA",
+                         "nearest": "cv2.INTER_NEAREST"}  # what caches of resized images are keyed by
 DEFAULT_RESIZE = "bilinear"
 
 

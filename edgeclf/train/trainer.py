@@ -31,6 +31,7 @@ from edgeclf import fsutil, metrics, rundir
 from edgeclf.config import TrainConfig
 from edgeclf.data.dataset import Dataset, format_report, scan
 from edgeclf.errors import EdgeclfError
+from edgeclf.imageio import RESIZE_IMPLEMENTATION
 from edgeclf.log import get_logger
 from edgeclf.models.registry import get_backbone
 from edgeclf.rundir import RunInfo
@@ -290,7 +291,8 @@ class _Session:
             source.set_weights(self.model.get_weights())
         versions = _versions()
         base = {"format": cache.FORMAT, "model": cfg.model, "preprocess": get_backbone(cfg.model).preprocess,
-                "imgsz": self.size, "resize": cfg.resize, "versions": versions}
+                "imgsz": self.size, "resize": cfg.resize,
+                "resize_implementation": RESIZE_IMPLEMENTATION.get(cfg.resize), "versions": versions}
         augment = {"flip": cfg.flip, "rotation": cfg.rotation, "zoom": cfg.zoom, "contrast": cfg.contrast}
         weights = {name: cache.weights_digest(source.layers[:cut.index + 1]) for name, cut in cuts.items()}
         jobs, specs = [], {}
