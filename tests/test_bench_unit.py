@@ -184,7 +184,8 @@ def test_fingerprint_raspberry_pi_4_and_5():
     assert pi5["cpu"] == "Cortex-A76" and pi5["board"] == "Raspberry Pi 5 Model B Rev 1.0"
     assert pi5["features"] == ["asimd", "asimdhp", "asimddp"] and pi5["int8_dot"] is True
     assert "asimddp or i8mm" in fingerprint.int8_note("pi@pi4", pi4)
-    assert fingerprint.int8_note("pi@pi5", pi5) is None
+    pi5_note = fingerprint.int8_note("pi@pi5", pi5)  # the advice follows the features: dot product present
+    assert "has int8 dot-product instructions (asimddp)" in pi5_note and "faster than fp32" in pi5_note
     # big.LITTLE: both cores named, features those they share
     mixed = PI5.replace("CPU part\t: 0xd0b", "CPU part\t: 0xd05", 2)
     assert fingerprint.parse_cpuinfo(mixed, "aarch64")["cpu"] == "2x Cortex-A55 + 2x Cortex-A76"

@@ -8,7 +8,9 @@ The same code measures on this machine and on a remote device; only the transpor
   new temporary folder, runs the jobs and writes one JSON line per event on stdout::
 
       {"event": "ready", "workdir": "/tmp/edgeclf-remote-x1y2", "bytes": 5123456}
-      {"event": "job", "index": 0, "result": {... the worker's result ...}, "probs": [[...], ...] or null}
+      {"event": "decode", "host_images": "images/0.npy", "comparison": {"identical_images": 153, ...}}
+      {"event": "job", "index": 0, "result": {... the worker's result ...}, "probs": [[...], ...] or null,
+       "device_probs": [[...], ...] or null}
       {"event": "thermal", "thermal": {"temps_c": {...}, "throttled": ...}}
       {"event": "done", "workdir": "/tmp/edgeclf-remote-x1y2", "removed": true}
 
@@ -17,7 +19,10 @@ The same code measures on this machine and on a remote device; only the transpor
 
 A job (dict, JSON): ``export_dir`` and ``images`` (paths, relative to the folder the plan was unpacked in,
 or absolute), ``artifact``, ``backend``, ``threads``, ``runs``, ``warmup``, ``latency_images``,
-``accuracy`` (predict the whole validation array too). Imports the runtime only: never TensorFlow.
+``accuracy`` (predict the whole validation array too), and with ``--decode-on device`` ``device_images``
+(the same photos decoded and resized on the device: a second accuracy pass). The plan's ``decode`` list
+names the photos of each image set (sent as files) for the device to decode first; a ``decode`` event says
+how its bytes compare with the host's. Imports the runtime only: never TensorFlow.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from pathlib import Path
 
 from edgeclf.status import Status
 
-PROTOCOL = 1  # bumped when a plan, job, worker result or event changes meaning
+PROTOCOL = 2  # bumped when a plan, job, worker result or event changes meaning (2: decoding on the device)
 PLAN = "plan.json"
 WORKDIR_PREFIX = "edgeclf-remote-"
 
@@ -66,16 +71,52 @@ def _run_worker(spec: dict, tmp: Path, n: int, timeout: float) -> dict:
 
 
 def run_job(job: dict, base: Path, tmp: Path, n: int, timeout: float):
-    """Measure one job; returns (the worker's result dict, probabilities or None)."""
+    """Measure one job; returns (the worker's result dict, probabilities or None, probabilities on the
+    device-decoded images or None)."""
     import numpy as np
 
     spec = {**job, "export_dir": str(base / job["export_dir"]), "images": str(base / job["images"]),
             "probs_out": str(tmp / f"probs_{n}.npy"), "result": str(tmp / f"result_{n}.json")}
+    if job.get("device_images"):
+        spec.update(device_images=str(base / job["device_images"]), device_probs_out=str(tmp / f"dprobs_{n}.npy"))
     result = _run_worker(spec, tmp, n, timeout)
-    probs = None
+    probs = device_probs = None
     if result.get("status") == Status.OK.value and job.get("accuracy"):
         probs = np.load(spec["probs_out"])
-    return result, probs
+        if job.get("device_images"):
+            device_probs = np.load(spec["device_probs_out"])
+    return result, probs, device_probs
+
+
+def decode_here(entry: dict, base: Path) -> dict:
+    """Decode and resize the photos of one image set with this device's own OpenCV (the runtime's one decoder
+    and resize), save them beside the host's array, and say how the bytes compare with the host's."""
+    import hashlib
+    import time
+
+    import numpy as np
+
+    from edgeclf.imageio import ImageDecodeError, load_resized
+
+    t = time.perf_counter()
+    host = np.load(base / entry["host_images"], mmap_mode="r")
+    images, failed = [], []
+    for i, name in enumerate(entry["files"]):
+        try:
+            images.append(load_resized(base / name, entry["height"], entry["width"], entry["resize"]))
+        except ImageDecodeError as exc:
+            failed.append(str(exc))
+            images.append(np.asarray(host[i]))  # keep the index: the host's decoding stands in
+    device = np.stack(images).astype(np.uint8)
+    np.save(base / entry["out"], device)
+    diff = np.abs(device.astype(np.int16) - np.asarray(host, dtype=np.int16))
+    per_image = diff.reshape(len(device), -1).max(axis=1)
+    return {"images": int(len(device)), "identical_images": int((per_image == 0).sum()),
+            "max_abs_diff": int(diff.max()) if diff.size else 0, "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+            "pixels_differing": float((diff > 0).mean()) if diff.size else 0.0,
+            "sha256_host": hashlib.sha256(np.ascontiguousarray(host).tobytes()).hexdigest(),
+            "sha256_device": hashlib.sha256(device.tobytes()).hexdigest(), "failed": failed[:5],
+            "seconds": round(time.perf_counter() - t, 2), "opencv": __import__("cv2").__version__}
 
 
 def backends_available() -> dict[str, bool]:
@@ -139,10 +180,14 @@ def serve(stream=None) -> int:
         _emit({"event": "ready", "workdir": str(workdir), "bytes": size})
         tmp = workdir / "jobs"
         tmp.mkdir()
+        for entry in plan.get("decode", []):
+            _emit({"event": "decode", "host_images": entry["host_images"], "label": entry.get("label"),
+                   "comparison": decode_here(entry, workdir)})
         for n, job in enumerate(plan["jobs"]):
-            result, probs = run_job(job, workdir, tmp, n, float(plan.get("job_timeout", 1800)))
+            result, probs, device_probs = run_job(job, workdir, tmp, n, float(plan.get("job_timeout", 1800)))
             _emit({"event": "job", "index": n, "result": result,
-                   "probs": probs.astype(float).tolist() if probs is not None else None})
+                   "probs": probs.astype(float).tolist() if probs is not None else None,
+                   "device_probs": device_probs.astype(float).tolist() if device_probs is not None else None})
         _emit({"event": "thermal", "thermal": thermal()})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from edgeclf.bench.remote import RemoteDevice, RemoteError, parse_host, unexpand_home
-from edgeclf.contract import Artifact, Bundle, ContractError, load_bundle
+from edgeclf.bench.valset import ExportInfo, decode_val, load_exports
+from edgeclf.contract import Artifact
 from edgeclf.errors import EdgeclfError
 from edgeclf.log import get_logger
 from edgeclf.status import Status
@@ -48,6 +48,7 @@ REFERENCE_ORDER = (("tflite-fp32", "litert"), ("onnx-fp32", "onnxruntime"))
 EXIT_OK = 0
 EXIT_BELOW = 3  # an artifact below --min-top1 (or failed, when --min-top1 is given)
 LATENCY_IMAGES = 8  # the timed invokes cycle over this many real validation images
+DECODE_CHOICES = ("host", "device")
 
 
 @dataclass
@@ -68,25 +69,8 @@ class BenchOptions:
     local: bool = True  # measure on this machine too
     ssh_options: list[str] = field(default_factory=list)  # extra `ssh -o` options
     ssh_config: str | None = None  # `ssh -F FILE`
-
-
-@dataclass
-class ExportInfo:
-    """One export folder under test and its validation images."""
-
-    dir: Path
-    bundle: Bundle
-    label: str  # "mobilenet_v2 224"
-    val_paths: list[str] = field(default_factory=list)
-    labels: np.ndarray | None = None
-    split_source: str = ""  # where the validation split came from
-    images_npy: Path | None = None
-    references: dict[str, dict] = field(default_factory=dict)  # device -> its float reference (format, top1...)
-
-    @property
-    def reference(self) -> dict:
-        """The float reference on the first device measured (the local machine unless --no-local)."""
-        return next(iter(self.references.values()), {})
+    max_images: int | None = None  # a stratified, seeded subset of the validation split (None: all)
+    decode_on: str = "host"  # "device": remote devices also decode the photos themselves (a second top-1)
 
 
 def _internal(**kw):
@@ -145,6 +129,15 @@ class BenchRow:
     rss_peak_mib: float | None = None
     rss_baseline_mib: float | None = None
     rss_model_mib: float | None = None
+    emulated: bool = False  # measured on an emulated device: its latency and memory are not the device's
+    val_total: int | None = None  # images in the validation split (val_images of them measured)
+    device_decode_top1: float | None = None  # --decode-on device: top-1 on the photos the device decoded
+    device_decode_changed: int | None = None  # images whose top-1 class changes with the device's decoding
+    # against the same artifact and backend on the first device (this machine unless --no-local): answers that
+    # differ, and images it gets right where the first device does not (gained) or the reverse (lost)
+    vs_first_changed: int | None = None
+    vs_first_lost: int | None = None
+    vs_first_gained: int | None = None
     export: ExportInfo | None = _internal(default=None)
     key: tuple = _internal(default=())  # (device, export index, artifact, backend): one accuracy pass each
 
@@ -231,95 +224,10 @@ def _check_options(o: BenchOptions) -> None:
         raise EdgeclfError(f"--ssh-config {o.ssh_config}: no such file")
     if not Path(o.data).is_dir():
         raise EdgeclfError(f"--data {o.data}: no such data folder")
-
-
-def _label(bundle: Bundle, folder: Path) -> str:
-    backbone = bundle.source.get("backbone") or folder.resolve().parent.name or folder.name
-    return f"{backbone} {bundle.input.height}"
-
-
-def _run_split(bundle: Bundle, folder: Path, data: Path):
-    """The run's own ``split.json`` when the export came from a run trained on ``data``, else None."""
-    from edgeclf.data.dataset import Dataset
-    from edgeclf.rundir import SPLIT, split_root
-
-    run = bundle.source.get("run")
-    candidates = ([Path(run)] if run else []) + [folder.parent]
-    for run_dir in candidates:
-        split = run_dir / SPLIT
-        root = split_root(run_dir)
-        if root is None:
-            continue
-        if root.resolve() == data.resolve():
-            try:
-                return Dataset.load(split), f"{split} (the run's split)"
-            except (EdgeclfError, OSError, ValueError, KeyError):
-                return None
-    return None
-
-
-def load_exports(options: BenchOptions) -> list[ExportInfo]:
-    from edgeclf.data.dataset import scan
-
-    data = Path(options.data)
-    exports: list[ExportInfo] = []
-    seen: set[Path] = set()
-    for folder in map(Path, options.exports):
-        bundle = load_bundle(folder)  # one-line ContractError for a missing folder / no edgeclf.json
-        if not bundle.artifacts:
-            raise ContractError(f"{folder / 'edgeclf.json'} lists no artifacts: nothing to bench")
-        if folder.resolve() in seen:
-            raise EdgeclfError(f"{folder}: given twice")
-        seen.add(folder.resolve())
-        exports.append(ExportInfo(folder, bundle, _label(bundle, folder)))
-    labels = [e.label for e in exports]
-    for e in exports:  # same backbone and size twice: tell them apart by folder
-        if labels.count(e.label) > 1:
-            e.label = f"{e.label} ({e.dir})"
-
-    scanned = None
-    for e in exports:
-        found = _run_split(e.bundle, e.dir, data)
-        if found is None:
-            if scanned is None:
-                log.info(f"scanning {data}")
-                scanned = scan(data)
-            ds, e.split_source = scanned, f"{data} (val split of a scan)"
-        else:
-            ds, e.split_source = found
-        missing = [c for c in ds.classes if c not in e.bundle.classes]
-        if missing:
-            raise EdgeclfError(f"--data {data}: class {missing[0]!r} is not one the model {e.dir} knows "
-                               f"({', '.join(e.bundle.classes[:6])}{', ...' if len(e.bundle.classes) > 6 else ''})")
-        val = ds.val
-        if not val:
-            raise EdgeclfError(f"--data {data}: no validation images (expected {data}/val/<class>/... "
-                               f"or class folders to split)")
-        index = {c: e.bundle.classes.index(c) for c in ds.classes}
-        e.val_paths = [s.path for s in val]
-        e.labels = np.array([index[ds.classes[s.label]] for s in val], dtype=np.int64)
-    return exports
-
-
-def decode_val(exports: list[ExportInfo], tmp: Path) -> None:
-    """Decode and resize each distinct validation set once (the one decoder), shared via .npy files."""
-    from edgeclf.imageio import load_resized
-    from edgeclf.runtime import default_threads
-
-    cache: dict[tuple, Path] = {}
-    for e in exports:
-        inp = e.bundle.input
-        key = (inp.height, inp.width, inp.resize, tuple(e.val_paths))
-        if key not in cache:
-            t = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=default_threads()) as pool:
-                images = list(pool.map(lambda p: load_resized(p, inp.height, inp.width, inp.resize), e.val_paths))
-            path = tmp / f"val_{len(cache)}_{inp.height}x{inp.width}_{inp.resize}.npy"
-            np.save(path, np.stack(images).astype(np.uint8))
-            cache[key] = path
-            log.info(f"decoded {len(images)} validation images at {inp.height}x{inp.width} ({inp.resize}) "
-                     f"in {time.perf_counter() - t:.1f} s")
-        e.images_npy = cache[key]
+    if o.max_images is not None and o.max_images < 1:
+        raise EdgeclfError(f"--max-images must be at least 1 (got {o.max_images})")
+    if o.decode_on not in DECODE_CHOICES:
+        raise EdgeclfError(f"--decode-on {o.decode_on!r}: choose one of {', '.join(DECODE_CHOICES)}")
 
 
 # --- devices -----------------------------------------------------------------------------------------
@@ -343,8 +251,7 @@ class LocalDevice:
 
         with tempfile.TemporaryDirectory(prefix="edgeclf-bench-jobs-") as tmp:
             for n, job in enumerate(plan["jobs"]):
-                result, probs = run_job(job, Path("/"), Path(tmp), n, plan["job_timeout"])
-                yield n, result, probs
+                yield (n, *run_job(job, Path("/"), Path(tmp), n, plan["job_timeout"]))
         self.thermal_after = thermal()
 
 
@@ -404,6 +311,7 @@ def _wire(jobs: list[Job], options: BenchOptions, remote: bool) -> tuple[dict, d
     """The plan the agent runs (only the jobs that can run) and the files it needs, by name in the tar."""
     files: dict[str, Path] = {}
     images: dict[Path, str] = {}
+    decode: dict[str, dict] = {}  # --decode-on device: host image set -> the photos for the device to decode
     wire = []
     for job in jobs:
         if job.reason:
@@ -417,14 +325,24 @@ def _wire(jobs: list[Job], options: BenchOptions, remote: bool) -> tuple[dict, d
             files[f"{folder}/{job.artifact.file}"] = e.bundle.path_of(job.artifact)
             npy = images.setdefault(e.images_npy, f"images/{len(images)}.npy")
             files[npy] = e.images_npy
+            if options.decode_on == "device" and npy not in decode:
+                names = [f"photos/{len(decode)}/{k}{Path(p).suffix.lower()}" for k, p in enumerate(e.val_paths)]
+                files.update(zip(names, map(Path, e.val_paths)))
+                inp = e.bundle.input
+                decode[npy] = {"host_images": npy, "label": e.label, "files": names, "height": inp.height, "width": inp.width,
+                               "resize": inp.resize, "out": npy.replace(".npy", ".device.npy")}
         else:
             folder, npy = str(e.dir.resolve()), str(e.images_npy.resolve())
-        wire.append({"export_dir": folder, "artifact": job.artifact.name, "backend": job.backend,
-                     "threads": job.threads, "runs": options.runs, "warmup": options.warmup, "images": npy,
-                     "latency_images": LATENCY_IMAGES, "accuracy": job.accuracy})
+        entry = {"export_dir": folder, "artifact": job.artifact.name, "backend": job.backend,
+                 "threads": job.threads, "runs": options.runs, "warmup": options.warmup, "images": npy,
+                 "latency_images": LATENCY_IMAGES, "accuracy": job.accuracy}
+        if npy in decode and job.accuracy:
+            entry["device_images"] = decode[npy]["out"]
+        wire.append(entry)
     from edgeclf.bench.agent import PROTOCOL
 
-    return {"protocol": PROTOCOL, "job_timeout": options.job_timeout, "jobs": wire}, files
+    return {"protocol": PROTOCOL, "job_timeout": options.job_timeout, "jobs": wire,
+            "decode": list(decode.values())}, files
 
 
 def _row(job: Job, options: BenchOptions) -> BenchRow:
@@ -435,6 +353,7 @@ def _row(job: Job, options: BenchOptions) -> BenchRow:
                     imgsz=e.bundle.input.height, format=art.name, precision=art.precision, file=art.file,
                     backend=job.backend, threads=job.threads, size_bytes=size, val_images=len(e.val_paths),
                     runs=options.runs, warmup=options.warmup, recipe=art.recipe.label() if art.recipe else "",
+                    val_total=e.val_total or len(e.val_paths),
                     export=e, key=(job.device, job.export_index, art.name, job.backend))
 
 
@@ -457,8 +376,13 @@ def _fill(row: BenchRow, result: dict) -> None:
 
 
 def run_device(device, jobs: list[Job], options: BenchOptions, counter: list[int], total: int):
-    """Run ``jobs`` on ``device``; returns (rows, {row key: probs or None})."""
+    """Run ``jobs`` on ``device``; returns (rows, {row key: probs or None}, {row key: probs on the photos the
+    device decoded itself})."""
     rows = [_row(job, options) for job in jobs]
+    emulated = bool(device.fingerprint.get("emulation"))
+    for row in rows:
+        row.emulated = emulated
+    device_probs: dict[tuple, np.ndarray] = {}
     probs: dict[tuple, np.ndarray | None] = {}
     runnable = []
     for job, row in zip(jobs, rows):
@@ -471,12 +395,14 @@ def run_device(device, jobs: list[Job], options: BenchOptions, counter: list[int
     t0 = time.perf_counter()
     done = set()
     try:
-        for n, result, p in device.run(plan, files):
+        for n, result, p, p_device in device.run(plan, files):
             job, row = runnable[n]
             _fill(row, result)
             done.add(n)
             if job.accuracy:
                 probs[row.key] = p if row.ok else None
+                if p_device is not None and row.ok:
+                    device_probs[row.key] = p_device
             counter[0] += 1
             p50 = f"p50 {row.p50_ms:.2f} ms, " if row.p50_ms is not None else ""
             state = "ok" if row.ok else f"failed: {row.note}"
@@ -489,7 +415,7 @@ def run_device(device, jobs: list[Job], options: BenchOptions, counter: list[int
             if n not in done:
                 row.status, row.note = Status.FAILED, str(exc)
                 probs.setdefault(row.key, None)
-    return rows, probs
+    return rows, probs, device_probs
 
 
 # --- metrics -----------------------------------------------------------------------------------------
@@ -560,6 +486,66 @@ def add_metrics(rows: list[BenchRow], exports: list[ExportInfo], probs: dict, mi
             row.status, row.note = Status.BELOW_FLOOR, f"top-1 {rep['top1']:.2%} < {min_top1:.2%}"
 
 
+def add_cross_device(rows: list[BenchRow], probs: dict) -> None:
+    """Each device's answers against the first device's for the same artifact and backend: the same file on
+    other kernels (another ISA: x86 VNNI against ARM NEON or dot product) can answer differently."""
+    from edgeclf.bench.stats import mcnemar_exact
+
+    first = rows[0].device if rows else None
+    for row in rows:
+        if row.device == first:
+            continue
+        p, p_first = probs.get(row.key), probs.get((first, *row.key[1:]))
+        if p is None or p_first is None:
+            continue
+        pred, pred_first = p.argmax(axis=1), p_first.argmax(axis=1)
+        test = mcnemar_exact(pred, pred_first, row.export.labels)
+        row.vs_first_changed = int((pred != pred_first).sum())
+        row.vs_first_lost, row.vs_first_gained = test.only_reference_right, test.only_model_right
+
+
+def cross_device_note(name: str, rows: list[BenchRow], first: str) -> str | None:
+    """One sentence: which files answer differently on ``name`` than on the first device."""
+    compared = [r for r in rows if r.vs_first_changed is not None]
+    if name == first or not compared:
+        return None
+    moved = [r for r in compared if r.vs_first_changed]
+    if not moved:
+        return f"{name}: every file gives the same answer as on {first} for every image"
+    same = sorted({r.format for r in compared if not r.vs_first_changed})
+    return (f"{name}: against {first}, the same file answers differently on " + "; ".join(
+        f"{r.format} ({r.backend}) {r.vs_first_changed} of {r.val_images} images ({r.vs_first_lost} lost, "
+        f"{r.vs_first_gained} gained)" for r in moved) + (f"; identical: {', '.join(same)}" if same else ""))
+
+
+def add_device_decoding(rows: list[BenchRow], probs: dict, decoded_probs: dict) -> None:
+    """``--decode-on device``: top-1 on the photos each device decoded and resized itself, and how many
+    images change their answer against the same model fed this machine's decoding."""
+    for row in rows:
+        p, p_device = probs.get(row.key), decoded_probs.get(row.key)
+        if p is None or p_device is None:
+            continue
+        pred = p_device.argmax(axis=1)
+        row.device_decode_top1 = float((pred == row.export.labels).mean())
+        row.device_decode_changed = int((pred != p.argmax(axis=1)).sum())
+
+
+def decoding_notes(name: str, decoded: dict, rows: list[BenchRow]) -> list[str]:
+    """One sentence per image set the device decoded: its bytes against this machine's, and the top-1."""
+    notes = []
+    for label, c in decoded.items():
+        mine = [r for r in rows if r.device_decode_top1 is not None and label in (r.model, "")]
+        moved = [r for r in mine if r.device_decode_changed]
+        answers = "the same top-1 class for every image on every model" if not moved else "; ".join(
+            f"{r.format} ({r.backend}) {(r.device_decode_top1 - r.top1) * 100:+.2f} pt, {r.device_decode_changed} "
+            f"answers changed" for r in moved)
+        notes.append(f"{name}: {label}: decoded on the device (OpenCV {c.get('opencv')}): {c['identical_images']} "
+                     f"of {c['images']} images byte-identical to this machine's decoding (max |difference| "
+                     f"{c['max_abs_diff']}, {c['pixels_differing']:.3%} of values differ); with its decoding: "
+                     f"{answers}")
+    return notes
+
+
 def machine_info(threads: list[int]) -> dict:
     """This machine's fingerprint (:func:`edgeclf.bench.fingerprint.fingerprint`) and the thread counts."""
     from edgeclf.bench.fingerprint import fingerprint
@@ -586,7 +572,7 @@ def _device_info(device, threads: list[int]) -> dict:
     if isinstance(device, RemoteDevice):
         info.update({"remote": device.host.text, "python_executable": device.info.get("executable"),
                      "workdir": device.workdir, "workdir_removed": device.workdir_removed,
-                     "bytes_sent": device.bytes_sent})
+                     "bytes_sent": device.bytes_sent, "decoded_on_device": device.decoded or None})
     return info
 
 
@@ -620,25 +606,30 @@ def run_bench(options: BenchOptions) -> BenchResult:
                            f"(formats: {', '.join(sorted({a.format for e in exports for a in e.bundle.artifacts}))})")
     rows: list[BenchRow] = []
     probs: dict = {}
+    decoded_probs: dict = {}
     counter = [0]
     with tempfile.TemporaryDirectory(prefix="edgeclf-bench-") as tmp_name:
         decode_val(exports, Path(tmp_name))
         for device, jobs in plans:
-            device_rows, device_probs = run_device(device, jobs, options, counter, total)
+            device_rows, device_probs, device_decoded = run_device(device, jobs, options, counter, total)
             rows += device_rows
             probs.update(device_probs)
+            decoded_probs.update(device_decoded)
     add_metrics(rows, exports, probs, options.min_top1)
+    add_device_decoding(rows, probs, decoded_probs)
+    add_cross_device(rows, probs)
     threads = {d.name: options.threads or [int(d.fingerprint.get("usable_cores") or 1)] for d in devices}
     first_threads = threads[devices[0].name]
     settings = {"data": str(options.data), "exports": [str(e.dir) for e in exports], "runs": options.runs,
                 "warmup": options.warmup, "batch": 1, "threads": first_threads,
                 "backends": options.backends or "default", "min_top1": options.min_top1,
+                "max_images": options.max_images, "decode_on": options.decode_on,
                 "devices": [d.name for d in devices], "command": options.command,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.perf_counter() - t0, 1)}
     machine = {**(local.fingerprint if local else machine_info([])), "threads": threads.get(LOCAL, [])}
     result = BenchResult(out_dir, rows, exports, machine, settings, {},
                          devices={d.name: _device_info(d, threads[d.name]) for d in devices})
-    from edgeclf.bench.fingerprint import int8_note
+    from edgeclf.bench.fingerprint import emulation_text, int8_note
 
     for name, info in result.devices.items():
         note = int8_note(name, info)
@@ -646,6 +637,14 @@ def run_bench(options: BenchOptions) -> BenchResult:
             result.notes.append(note)
         if info.get("workdir") and info.get("workdir_removed") is False:
             result.notes.append(f"{name}: could not remove its temporary folder {info['workdir']}")
+        if info.get("emulation"):
+            result.notes.append(f"{name}: {emulation_text(info)}: its top-1 is what the ARM kernels answer; its "
+                                f"latency, FPS and RAM are the emulator's, not the device's")
+        result.notes += decoding_notes(name, info.get("decoded_on_device") or {},
+                                       [r for r in rows if r.device == name])
+        note = cross_device_note(name, [r for r in rows if r.device == name], devices[0].name)
+        if note:
+            result.notes.append(note)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.files = report.write_all(result)
     if options.log:

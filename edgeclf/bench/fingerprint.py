@@ -41,6 +41,56 @@ ARM_CORES = {
     (0x41, 0xd4f): "Neoverse-V2", (0x41, 0xd80): "Cortex-A520", (0x41, 0xd81): "Cortex-A720",
     (0x4e, 0x004): "NVIDIA Carmel",
 }
+# Linux arm64 AT_HWCAP / AT_HWCAP2 bits, in order, named as /proc/cpuinfo's "Features" names them
+# (arch/arm64/include/uapi/asm/hwcap.h): what the runtimes' kernels look at to choose their int8 code.
+HWCAP_NAMES = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
+               "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
+               "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg")
+HWCAP2_NAMES = ("dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3", "svesm4", "flagm2", "frint",
+                "svei8mm", "svef32mm", "svef64mm", "svebf16", "i8mm", "bf16", "dgh", "rng", "bti", "mte", "ecv",
+                "afp", "rpres", "mte3", "sme", "sme_i16i64", "sme_f64f64", "sme_i8i32", "sme_f16f32",
+                "sme_b16f32", "sme_f32f32", "sme_fa64", "wfxt")
+
+
+def hwcap_features(hwcap: int, hwcap2: int = 0) -> list[str]:
+    """AT_HWCAP/AT_HWCAP2 -> the feature names /proc/cpuinfo lists for them, in the kernel's order."""
+    return [n for i, n in enumerate(HWCAP_NAMES) if hwcap >> i & 1] + \
+           [n for i, n in enumerate(HWCAP2_NAMES) if hwcap2 >> i & 1]
+
+
+def read_hwcap() -> tuple[int, int] | None:
+    """This process's AT_HWCAP and AT_HWCAP2 (Linux, through libc's getauxval), or None."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.getauxval.restype = ctypes.c_ulong
+        libc.getauxval.argtypes = [ctypes.c_ulong]
+        return int(libc.getauxval(16)), int(libc.getauxval(26))  # AT_HWCAP, AT_HWCAP2
+    except (OSError, AttributeError):
+        return None
+
+
+def emulation() -> dict | None:
+    """How this process is emulated, when it is: ``scripts/arm-device.sh`` devices say so in the file that
+    ``$EDGECLF_EMULATION`` names; any QEMU user-mode process has ``$QEMU_CPU`` or is an ARM process that
+    reads an x86 ``/proc/cpuinfo`` (QEMU before 8.2 passes the host's through). None on real hardware."""
+    import json
+
+    path = os.environ.get("EDGECLF_EMULATION")
+    if path:
+        try:
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+    cpu = os.environ.get("QEMU_CPU")
+    machine = platform.machine().lower()
+    host_x86 = machine.startswith(("aarch64", "arm")) and "vendor_id" in (_read("/proc/cpuinfo") or "")
+    if cpu or host_x86:
+        return {"emulator": "qemu-user", "cpu": cpu or "default", "host_machine": "x86_64" if host_x86 else None}
+    return None
+
+
 # vcgencmd get_throttled bits (Raspberry Pi firmware)
 THROTTLED_BITS = {0: "under-voltage", 1: "ARM frequency capped", 2: "throttled", 3: "soft temperature limit"}
 OCCURRED_SHIFT = 16  # the same four conditions, "has occurred since boot"
@@ -191,6 +241,11 @@ def fingerprint() -> dict:
 
     machine = platform.machine()
     info = parse_cpuinfo(_read("/proc/cpuinfo") or "", machine)
+    hwcaps = read_hwcap() if machine.lower().startswith(("aarch64", "arm")) else None
+    if hwcaps and info["arch"] != "arm":  # an ARM process shown the host's x86 cpuinfo: trust the auxv
+        names = set(hwcap_features(*hwcaps))
+        info = {**info, "arch": "arm", "cpu": "", "board": "", "features": [f for f in ARM_FEATURES if f in names],
+                "int8_dot": any(f in names for f in INT8_DOT["arm"])}
     cpufreq = Path("/sys/devices/system/cpu/cpu0/cpufreq")
     max_khz = _int(_read(cpufreq / "cpuinfo_max_freq") or "")
     fp = {
@@ -208,6 +263,8 @@ def fingerprint() -> dict:
         "os_name": _os_name(),
         "python": platform.python_version(),
         "versions": _versions(),
+        "hwcap": [hex(h) for h in hwcaps] if hwcaps else None,
+        "emulation": emulation(),
         "governor": _read(cpufreq / "scaling_governor"),
         "max_mhz": round(max_khz / 1000) if max_khz else None,
         **thermal(),
@@ -215,18 +272,37 @@ def fingerprint() -> dict:
     return fp
 
 
-def int8_note(name: str, fp: dict) -> str | None:
-    """The report's sentence when ``fp``'s CPU has no int8 dot-product path (None when it has one)."""
-    if fp.get("int8_dot") or not fp.get("arch"):
+def emulation_text(fp: dict) -> str | None:
+    """"emulated by qemu-user 7.2 (cortex-a72) on x86_64 AMD EPYC", or None for real hardware."""
+    emu = fp.get("emulation")
+    if not emu:
         return None
+    host = " ".join(str(x) for x in (emu.get("host_machine"), emu.get("host_cpu")) if x) or "another machine"
+    return f"emulated by {emu.get('emulator') or 'QEMU'} ({emu.get('cpu') or 'default CPU'}) on {host}"
+
+
+def int8_note(name: str, fp: dict) -> str | None:
+    """The report's sentence on int8 speed from ``fp``'s ISA features: none on x86 with an int8 dot product."""
+    if not fp.get("arch"):
+        return None
+    emulated = " (emulated here: measure the speed on the board itself)" if fp.get("emulation") else ""
+    if fp.get("int8_dot"):
+        if fp["arch"] != "arm":
+            return None
+        have = " and ".join(f for f in ("asimddp", "i8mm") if f in (fp.get("features") or [])) or "dot product"
+        return (f"{name}: {fp.get('cpu') or 'the CPU'} has int8 dot-product instructions ({have}): int8 models "
+                f"should run faster than fp32 there{emulated}")
     path = "AVX-512 VNNI, AVX-VNNI or AMX" if fp["arch"] == "x86" else "asimddp or i8mm"
     return (f"{name}: {fp.get('cpu') or 'the CPU'} has no int8 dot-product instructions ({path}): "
-            f"int8 models are for size there, not speed")
+            f"int8 models are for size there, not speed{emulated}")
 
 
 def summary(fp: dict) -> str:
     """One line: CPU, cores, features, memory, OS, Python, governor, temperature, throttling."""
     parts = [fp.get("cpu") or "?"]
+    emulated = emulation_text(fp)
+    if emulated:
+        parts.append(f"{emulated} (not the device's speed)")
     if fp.get("board"):
         parts.append(fp["board"])
     parts.append(f"{fp.get('cores')} cores ({fp.get('usable_cores')} usable)")

@@ -11,7 +11,8 @@ path, and a home folder holding an ``edgeclf`` checkout would otherwise shadow t
    device's fingerprint. One-line errors for a host that cannot be reached, a key that is refused, an
    interpreter that is missing, no edgeclf or an incompatible one there (with the exact ``pip install``).
 2. Run (:meth:`RemoteDevice.run`): ``ssh HOST PYTHON -m edgeclf.bench.agent serve``, a tar stream on its
-   stdin (the plan, the export folders' files the plan uses, the validation images as decoded here),
+   stdin (the plan, the export folders' files the plan uses, the validation images as decoded here, and
+   with ``--decode-on device`` the photos themselves, for the device to decode with its own OpenCV),
    one JSON event per finished job back on stdout, as it happens. The device unpacks into a temporary
    folder and removes it (:mod:`edgeclf.bench.agent`).
 """
@@ -164,6 +165,7 @@ class RemoteDevice:
     workdir_removed: bool | None = None
     thermal_after: dict | None = None
     bytes_sent: int = 0
+    decoded: dict = field(default_factory=dict)  # --decode-on device: host image set -> how the bytes compare
 
     @property
     def name(self) -> str:
@@ -213,7 +215,7 @@ class RemoteDevice:
 
     def run(self, plan: dict, files: dict[str, Path]):
         """Send ``plan`` and ``files`` (name in the tar -> local path), run it there; yields
-        ``(index, worker result, probs or None)`` as each job finishes."""
+        ``(index, worker result, probs or None, device-decoded probs or None)`` as each job finishes."""
         import numpy as np
 
         cmd = self.ssh_command(f"cd / && {remote_word(self.python)} -m edgeclf.bench.agent serve")
@@ -236,10 +238,13 @@ class RemoteDevice:
                 if kind == "ready":
                     self.workdir = event.get("workdir")
                     log.info(f"{self.name}: sent {event.get('bytes', 0) / 1e6:.1f} MB to {self.workdir}")
+                elif kind == "decode":
+                    self.decoded[event.get("label") or event["host_images"]] = event["comparison"]
                 elif kind == "job":
-                    probs = event.get("probs")
+                    probs, device_probs = event.get("probs"), event.get("device_probs")
                     yield (int(event["index"]), event["result"],
-                           np.asarray(probs, dtype=np.float32) if probs is not None else None)
+                           np.asarray(probs, dtype=np.float32) if probs is not None else None,
+                           np.asarray(device_probs, dtype=np.float32) if device_probs is not None else None)
                 elif kind == "thermal":
                     self.thermal_after = event.get("thermal")
                 elif kind == "done":

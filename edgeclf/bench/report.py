@@ -19,6 +19,14 @@ Definitions (also written into bench.md):
   imported (``import_ms``: importing it).
 * RAM: peak resident memory of a process that loads and runs only that model (batch 1), imports and
   interpreter included; ``rss_baseline_mib`` is the same process before the model was loaded.
+* vs the first device: on each further device, the answers that differ from the same file through the same
+  backend on the first device (this machine unless ``--no-local``), and the images it loses / gains there:
+  the same int8 file runs other kernels on another ISA (x86 VNNI, ARM NEON or dot product), whose
+  requantization rounds differently.
+* emulated: a device that ``scripts/arm-device.sh`` emulates (QEMU user mode, real aarch64 wheels): its
+  top-1 is what the ARM kernels answer; its latency, FPS and RAM are the emulator's, never the device's.
+* decoded on the device (``--decode-on device``): the device decodes and resizes the validation photos
+  itself, as it will decode its camera's frames; top-1 on those, and how many answers change.
 * recipe: for int8 models, how ``edgeclf export`` quantized them (from ``edgeclf.json``): operator format,
   calibration method and images, weight bits, per-channel, activation bits, layers kept in float.
 """
@@ -38,7 +46,9 @@ CSV_COLUMNS = ["model", "format", "backend", "threads", "status", "note", "size_
                "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "fps", "rss_peak_mib",
                "rss_baseline_mib", "rss_model_mib", "runs", "warmup", "precision", "file", "engine", "imgsz",
                "backbone", "export_dir", "device", "p50_ci_low_ms", "p50_ci_high_ms", "cold_start_ms", "import_ms",
-               "mcnemar_p", "only_reference_right", "only_model_right", "worst_class", "worst_class_drop_pt", "recipe"]
+               "mcnemar_p", "only_reference_right", "only_model_right", "worst_class", "worst_class_drop_pt", "recipe",
+               "emulated", "val_total", "device_decode_top1", "device_decode_changed", "vs_first_changed",
+               "vs_first_lost", "vs_first_gained"]
 TABLE_COLUMNS = ["Format", "Status", "Size", "top-1", "Δ", "McNemar p", "worst class", "p50 (95% CI)", "p90", "p99",
                  "FPS", "cold ms", "RAM"]
 DEFINITIONS = __doc__.split("Definitions (also written into bench.md):", 1)[1].strip()
@@ -133,7 +143,7 @@ def device_table(result) -> tuple[list[str], list[list[str]]] | None:
             keys.append(k)
         by.setdefault(k, {})[r.device] = r
     header = (["Model"] if models else []) + ["Format"] + (["Backend"] if backends else []) + ["Threads"] + \
-        [f"p50 ms {n}" for n in names]
+        [f"p50 ms {n}" + (" (emulated)" if result.devices[n].get("emulation") else "") for n in names]
     cells = []
     for k in keys:
         model, fmt, backend, threads = k
@@ -151,7 +161,9 @@ def device_table(result) -> tuple[list[str], list[list[str]]] | None:
 def _summary_title(result) -> str:
     s = result.settings
     images = sorted({len(e.val_paths) for e in result.exports})
-    return (f"val: {'/'.join(map(str, images))} images; latency: batch 1, {s['runs']} runs after {s['warmup']} "
+    totals = sorted({e.val_total or len(e.val_paths) for e in result.exports})
+    of = f" of {'/'.join(map(str, totals))} (--max-images, stratified)" if totals != images else ""
+    return (f"val: {'/'.join(map(str, images))} images{of}; latency: batch 1, {s['runs']} runs after {s['warmup']} "
             f"warm-up; p50 (95% CI)/p90/p99 in ms; cold: load + first inference; RAM: peak RSS of a process "
             f"running only that model")
 
@@ -177,7 +189,9 @@ def print_table(result, console) -> None:
     for device in dict.fromkeys(r.device for r in result.rows):
         rows = [r for r in result.rows if r.device == device]
         header, cells = table_rows(result, rows=rows)
-        table = Table(title=f"{escape(device)}" if several else None,
+        emulated = any(r.emulated for r in rows)
+        title = f"{device}{' (EMULATED: latency and RAM are not the device’s)' if emulated else ''}"
+        table = Table(title=escape(title) if several or emulated else None,
                       caption=escape(f"{device}: {fingerprints.get(device, '')}"), caption_justify="left")
         for col in header:
             table.add_column(col, justify="left" if col in left else "right")
@@ -258,6 +272,7 @@ def _md_table(header: list[str], cells: list[list[str]]) -> str:
 def to_markdown(result) -> str:
     s = result.settings
     header, cells = table_rows(result, width=None)
+    decoding = any(r.device_decode_top1 is not None for r in result.rows)
     detail_header = ["Device", "Model", "Format", "Backend", "Threads", "Engine", "top-5", "macro-F1", "agreement",
                      "discordant (ref only / model only)", "export top-1", "Δ export pt", "import ms", "load ms",
                      "mean ms", "std ms", "RAM before model MiB"]
@@ -272,6 +287,17 @@ def to_markdown(result) -> str:
                        f"{r.export_diff_pt:+.2f}" if r.export_diff_pt is not None else "-",
                        _ms(r.import_ms), _ms(r.load_ms), _ms(r.mean_ms), _ms(r.std_ms),
                        f"{r.rss_baseline_mib:.0f}" if r.rss_baseline_mib else "-"])
+        if decoding:
+            detail[-1] += [f"{r.device_decode_top1:.2%}" if r.device_decode_top1 is not None else "-",
+                           str(r.device_decode_changed) if r.device_decode_changed is not None else "-"]
+    if decoding:
+        detail_header += ["top-1, decoded on the device", "answers changed by it"]
+    if len(result.devices) > 1:
+        first = next(iter(result.devices))
+        detail_header.append(f"vs {first}: answers changed (lost / gained)")
+        for line, r in zip(detail, result.rows):
+            line.append(f"{r.vs_first_changed} ({r.vs_first_lost} / {r.vs_first_gained})"
+                        if r.vs_first_changed is not None else "-")
     threads = {name: ", ".join(map(str, info.get("threads") or [])) for name, info in result.devices.items()}
     parts = [
         "# edgeclf bench", "",
@@ -279,6 +305,9 @@ def to_markdown(result) -> str:
         "",
         f"- **Data**: {s['data']}; " + "; ".join(f"{e.label}: {len(e.val_paths)} validation images from "
                                                    f"{e.split_source}" for e in result.exports),
+        "- **Decoding**: " + ("on this machine, and again on each remote device from the photos themselves "
+                               "(--decode-on device)" if s.get("decode_on") == "device" else
+                               "on this machine; every device is sent the same decoded images"),
         f"- **Latency**: batch 1, {s['runs']} timed runs after {s['warmup']} warm-up, threads "
         + "; ".join(f"{threads[n]} ({n})" if len(threads) > 1 else threads[n] for n in threads)
         + f"; backends: {s['backends']}",

@@ -54,6 +54,13 @@ def peak_rss_kib() -> int:
     return int(rss // 1024) if sys.platform == "darwin" else int(rss)  # macOS reports bytes
 
 
+def predict_all(backend, images):
+    import numpy as np
+
+    return np.concatenate([backend.predict(np.ascontiguousarray(images[i:i + ACCURACY_BATCH]))
+                           for i in range(0, len(images), ACCURACY_BATCH)]).astype(np.float32)
+
+
 def measure(spec: dict) -> dict:
     t_import = time.perf_counter()
     for name in RUNTIME_MODULES.get(spec["backend"], ()):
@@ -99,10 +106,10 @@ def measure(spec: dict) -> dict:
 
     if spec.get("accuracy"):
         t = time.perf_counter()
-        probs = np.concatenate([backend.predict(np.ascontiguousarray(images[i:i + ACCURACY_BATCH]))
-                                for i in range(0, len(images), ACCURACY_BATCH)])
-        np.save(spec["probs_out"], probs.astype(np.float32))
+        np.save(spec["probs_out"], predict_all(backend, images))
         result["accuracy_seconds"] = time.perf_counter() - t
+        if spec.get("device_images"):  # the same photos as decoded and resized by this device's OpenCV
+            np.save(spec["device_probs_out"], predict_all(backend, np.load(spec["device_images"], mmap_mode="r")))
     backend.close()
     return result
 

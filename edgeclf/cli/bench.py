@@ -41,8 +41,16 @@ from edgeclf.config import default
               help="Extra OpenSSH option for --remote (repeatable), e.g. IdentityFile=~/.ssh/pi_key.")
 @click.option("--ssh-config", type=click.Path(path_type=str), default=default(BenchOptions, "ssh_config"),
               help="OpenSSH config file to use instead of ~/.ssh/config (ssh -F).")
+@click.option("--max-images", type=int, default=None,
+              help="Measure N validation images, a stratified, seeded subset (the same on every device and run): "
+                   "for emulated devices and slow links. The report says how many of how many.")
+@click.option("--decode-on", type=click.Choice(["host", "device"]), default=default(BenchOptions, "decode_on"),
+              show_default=True,
+              help="device: each --remote device also decodes and resizes the validation photos itself (the files "
+                   "are sent), as its camera frames will be; the report adds that top-1 and compares the decoded "
+                   "bytes with this machine's.")
 def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, remotes, remote_python, no_local,
-            ssh_options, ssh_config) -> None:
+            ssh_options, ssh_config, max_images, decode_on) -> None:
     """Measure every model of one or more export folders on the validation split of DATA, side by side,
     through the runtime backends `edgeclf run` uses: size, load time and cold start, top-1 (top-5 with
     more than five classes), macro-F1, drop against the float model, agreement with it and an exact
@@ -52,6 +60,8 @@ def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, 
     Several export folders (e.g. one per backbone) give one combined table. With --remote, the same is
     measured on a Raspberry Pi or Jetson over SSH, side by side with this machine, each device with its
     fingerprint (CPU, ISA features that decide int8 speed, memory, OS, runtimes, governor, temperature).
+    No board yet? scripts/arm-device.sh starts an emulated one (its top-1 is the ARM kernels', its latency is
+    not the board's, and the report says so).
     Writes bench.csv, bench.json, bench.md and bench.png (with matplotlib) in --out.
 
     \b
@@ -67,6 +77,7 @@ def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, 
         exports=list(exports), data=data, out=out, runs=runs, warmup=warmup, threads=parse_threads(threads),
         backends=parse_backends(backends), min_top1=min_top1, log=log or None, remotes=list(remotes),
         remote_python=remote_python, local=not no_local, ssh_options=list(ssh_options), ssh_config=ssh_config,
+        max_images=max_images, decode_on=decode_on,
         command="edgeclf bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""))
     report.print_table(result, _console())
     sys.exit(result.exit_code)
