@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import getpass
-import hashlib
 import os
 import shutil
 import socket
@@ -22,10 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeclf.bench.armlayers import package_key, runtime_pins
+
 REPO = Path(__file__).resolve().parents[1]
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 DEVICE_VENV_PREFIX = "edgeclf-device-venv-"
-RUNTIME_PINS = ("numpy", "ai-edge-litert", "onnxruntime", "opencv-python-headless")
 
 
 @dataclass
@@ -114,20 +114,8 @@ def start_sshd(folder: Path) -> Sshd:
                 _client_config(folder / "ssh_config_wrong_key", folder / "other_key", known), log)
 
 
-def package_key() -> str:
-    """A hash of what `pip install <checkout>` installs: the package and its metadata."""
-    h = hashlib.sha256()
-    for p in sorted((REPO / "edgeclf").rglob("*.py")):
-        h.update(str(p.relative_to(REPO)).encode())
-        h.update(p.read_bytes())
-    h.update((REPO / "pyproject.toml").read_bytes())
-    return h.hexdigest()[:12]
-
-
 def remote_venv(base: Path) -> Path:
     """The device's interpreter: a venv with edgeclf[runtime] only. Returns its python."""
-    from importlib.metadata import PackageNotFoundError, version
-
     venv = base / f"{DEVICE_VENV_PREFIX}{package_key()}"
     python = venv / "bin" / "python"
     if (venv / "DONE").is_file():
@@ -142,12 +130,7 @@ def remote_venv(base: Path) -> Path:
     shutil.copytree(REPO / "edgeclf", src / "edgeclf", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    pins = []
-    for pkg in RUNTIME_PINS:
-        try:
-            pins.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            pass
+    pins = runtime_pins()
     (venv / "constraints.txt").write_text("\n".join(pins) + "\n")
     proc = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c",
                            str(venv / "constraints.txt"), f"{src}[runtime]"], capture_output=True, text=True,

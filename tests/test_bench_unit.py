@@ -439,3 +439,33 @@ def test_report_files_on_synthetic_rows(tmp_path):
     log = report.append_log(result, tmp_path / "log.jsonl")
     entry = json.loads(log.read_text().splitlines()[0])
     assert len(entry["rows"]) == 6 and entry["devices"]["pi@pi4:22"]["cpu"] == "Cortex-A72"
+
+
+def test_answers_against_the_first_device_and_the_devices_own_decoding(tmp_path):
+    result = _synthetic_result(tmp_path)
+    rows = result.rows
+    probs = {}
+    onehot = lambda pred: np.eye(2, dtype=np.float32)[np.array(pred)]
+    for r in rows:  # the Pi's int8 answers two images differently: one it loses, one it gains
+        int8 = r.format == "tflite-int8"
+        pred = [0, 0, 0, 0, 1, 1, 1, 1, 0, 0]
+        if r.device != "local" and int8:
+            pred = [0, 0, 0, 1, 1, 1, 1, 1, 1, 0]
+        probs[r.key] = onehot(pred) if r.status is Status.OK else None
+    decoded = {k: p for k, p in probs.items() if k[0] != "local" and p is not None}
+    core.add_cross_device(rows, probs)
+    core.add_device_decoding(rows, probs, decoded)
+    by = {(r.device, r.format): r for r in rows}
+    assert by[("local", "tflite-int8")].vs_first_changed is None  # the first device is the reference
+    pi = by[("pi@pi4:22", "tflite-int8")]
+    assert (pi.vs_first_changed, pi.vs_first_lost, pi.vs_first_gained) == (2, 1, 1)
+    assert by[("pi@pi4:22", "tflite-fp32")].vs_first_changed == 0
+    assert pi.device_decode_changed == 0 and pi.device_decode_top1 == 0.7
+    pi_rows = [r for r in rows if r.device == "pi@pi4:22"]
+    note = core.cross_device_note("pi@pi4:22", pi_rows, "local")
+    assert "tflite-int8 (litert) 2 of 10 images (1 lost, 1 gained)" in note and "identical: tflite-fp32" in note
+    assert core.cross_device_note("local", [r for r in rows if r.device == "local"], "local") is None
+    comparison = {"images": 10, "identical_images": 9, "max_abs_diff": 1, "pixels_differing": 0.0001,
+                  "opencv": "5.1.0"}
+    (line,) = core.decoding_notes("pi@pi4:22", {"mobilenet_v2_035 96": comparison}, pi_rows)
+    assert "9 of 10 images byte-identical" in line and "the same top-1 class for every image" in line

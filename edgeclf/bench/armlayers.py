@@ -64,6 +64,22 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _part(final: Path) -> Path | None:
+    """None when the layer ``final`` is complete; else its ``.part`` build folder, with the older layers of the
+    same kind removed (one of each kind is kept: the disk is not the cache's)."""
+    if (final / ".edgeclf-done").is_file():
+        return None
+    try:  # a layer a running device is mounted on stays until that device stops
+        mounted = Path("/proc/self/mountinfo").read_text(errors="replace")
+    except OSError:
+        mounted = ""
+    for old in final.parent.glob(f"{final.name.split('-')[0]}-*"):
+        if f"{old}:" not in mounted and f"{old}," not in mounted:
+            shutil.rmtree(old, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final.with_name(f"{final.name}.part")
+
+
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished layer into place (a killed build leaves only ``*.part`` folders, never a layer)."""
     if final.exists():
@@ -152,10 +168,7 @@ def rootfs_layer(log) -> Path:
         return final
     if not mmdebstrap:
         raise DeviceError("mmdebstrap not found: apt-get install -y mmdebstrap (it builds the arm64 root filesystem)")
-    for old in cache_root().glob("rootfs-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    tmp = cache_root() / f"rootfs-{key}.part"
-    cache_root().mkdir(parents=True, exist_ok=True)
+    tmp = _part(final)
     log(f"building the arm64 Debian {SUITE} root filesystem with {', '.join(PACKAGES)} (once; a few minutes) "
         f"into {final}")
     t = time.monotonic()
@@ -182,7 +195,8 @@ def rootfs_glibc(rootfs: Path) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (2, 17)
 
 
-def _pins() -> list[str]:
+def runtime_pins() -> list[str]:
+    """``pkg==version`` of the runtimes installed here: a device gets the same versions, only the ISA differs."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
@@ -220,22 +234,22 @@ def _pip_target(args: list[str], target: Path, py: str, glibc: tuple[int, int], 
 def wheels_layer(rootfs: Path, log) -> Path:
     """The aarch64 wheels of edgeclf[runtime]'s dependencies, pinned to this machine's versions."""
     py, glibc = rootfs_python(rootfs), rootfs_glibc(rootfs)
-    reqs, pins = runtime_requirements(), _pins()
+    reqs, pins = runtime_requirements(), runtime_pins()
     key = _key(py, glibc, reqs, pins)
     final = cache_root() / f"wheels-{key}"
-    if (final / ".edgeclf-done").is_file():
+    tmp = _part(final)
+    if tmp is None:
         return final
-    for old in cache_root().glob("wheels-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    tmp = cache_root() / f"wheels-{key}.part"
     site = tmp / f"usr/local/lib/python{py}/dist-packages"
     site.mkdir(parents=True)
     log(f"placing the aarch64 wheels for Python {py} ({', '.join(pins) or 'unpinned'})")
+    t = time.monotonic()
     constraints = tmp / "constraints.txt"
     constraints.write_text("\n".join(pins) + "\n")
     _pip_target(["-c", str(constraints), *reqs], site, py, glibc, "pip install (aarch64 wheels)")
     constraints.unlink()
-    (tmp / ".edgeclf-done").write_text(json.dumps({"python": py, "requirements": reqs, "pins": pins}) + "\n")
+    (tmp / ".edgeclf-done").write_text(json.dumps({"python": py, "requirements": reqs, "pins": pins,
+                                                   "seconds": round(time.monotonic() - t, 1)}) + "\n")
     _replace_dir(tmp, final)
     return final
 
@@ -256,23 +270,23 @@ def edgeclf_layer(rootfs: Path, log) -> Path:
         raise DeviceError(f"{REPO}: not an edgeclf checkout (no pyproject.toml): run scripts/arm-device.sh from one")
     py, glibc = rootfs_python(rootfs), rootfs_glibc(rootfs)
     final = cache_root() / f"edgeclf-{package_key()}-py{py}"
-    if (final / ".edgeclf-done").is_file():
+    tmp = _part(final)
+    if tmp is None:
         return final
-    for old in cache_root().glob("edgeclf-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    tmp = cache_root() / f"{final.name}.part"
     build = tmp / "build"
     src = build / "src"
     shutil.copytree(REPO / "edgeclf", src / "edgeclf", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     log("building this checkout's edgeclf wheel")
+    t = time.monotonic()
     run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--quiet", "--no-deps", "-w",
           str(build / "dist"), str(src)], "pip wheel edgeclf", timeout=900)
     wheel = next((build / "dist").glob("edgeclf-*.whl"))
     _pip_target(["--no-deps", str(wheel)], tmp / f"usr/local/lib/python{py}/dist-packages", py, glibc,
                 "pip install edgeclf (aarch64)")
     shutil.rmtree(build)
-    (tmp / ".edgeclf-done").write_text(json.dumps({"wheel": wheel.name}) + "\n")
+    (tmp / ".edgeclf-done").write_text(json.dumps({"wheel": wheel.name, "seconds": round(time.monotonic() - t, 1)})
+                                       + "\n")
     _replace_dir(tmp, final)
     return final
