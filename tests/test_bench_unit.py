@@ -469,3 +469,17 @@ def test_answers_against_the_first_device_and_the_devices_own_decoding(tmp_path)
                   "opencv": "5.1.0"}
     (line,) = core.decoding_notes("pi@pi4:22", {"mobilenet_v2_035 96": comparison}, pi_rows)
     assert "9 of 10 images byte-identical" in line and "the same top-1 class for every image" in line
+
+
+def test_a_move_from_exports_figure_on_another_isa_is_named(tmp_path):
+    result = _synthetic_result(tmp_path)
+    pi_rows = [r for r in result.rows if r.device == "pi@pi4:22"]
+    assert core.isa_note("pi@pi4:22", "aarch64", pi_rows) is None  # no move, and export did not say where
+    for a in result.exports[0].bundle.artifacts:
+        a.extra["verified_on"] = "x86_64"
+    int8 = next(r for r in pi_rows if r.format == "tflite-int8")
+    int8.export_diff_pt = -1.5
+    note = core.isa_note("pi@pi4:22", "aarch64", pi_rows)
+    assert "tflite-int8 (litert) -1.50 pt" in note and "export measured on x86_64" in note
+    assert core.isa_note("local", "x86_64", [r for r in result.rows if r.device == "local"]) is None
+    assert core.isa_note("pi@pi4:22", "x86_64", pi_rows) is None  # the same ISA: not this note's business

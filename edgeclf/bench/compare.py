@@ -142,3 +142,20 @@ def decoding_notes(name: str, decoded: dict, rows: list[BenchRow]) -> list[str]:
                      f"{c['max_abs_diff']}, {c['pixels_differing']:.3%} of values differ); with its decoding: "
                      f"{answers}")
     return notes
+
+
+def isa_note(name: str, machine: str | None, rows: list[BenchRow]) -> str | None:
+    """Rows on ``name`` whose top-1 moved from export's figure where export verified on another ISA."""
+    moved, where = [], set()
+    for r in rows:
+        art = r.export.bundle.artifact(r.format) if r.export else None
+        on = art.extra.get("verified_on") if art else None
+        if (r.export_diff_pt and on and machine and on != machine
+                and r.export_val_images in (None, r.val_images)):
+            moved.append(f"{r.format} ({r.backend}) {r.export_diff_pt:+.2f} pt")
+            where.add(on)
+    if not moved:
+        return None
+    return (f"{name} ({machine}): {'; '.join(moved)} against the top-1 export measured on {', '.join(sorted(where))}: "
+            f"the same file on another ISA's kernels (int8 requantization and fused kernels differ by ISA); bench "
+            f"the board you ship to")

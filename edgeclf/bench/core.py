@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf.bench.compare import (add_cross_device, add_device_decoding, add_metrics, cross_device_note,
-                                   decoding_notes)
+                                   decoding_notes, isa_note)
 from edgeclf.bench.remote import RemoteDevice, RemoteError, parse_host, unexpand_home
 from edgeclf.bench.valset import ExportInfo, decode_val, load_exports
 from edgeclf.contract import Artifact
@@ -515,9 +515,10 @@ def run_bench(options: BenchOptions) -> BenchResult:
                                 f"latency, FPS and RAM are the emulator's, not the device's")
         result.notes += decoding_notes(name, info.get("decoded_on_device") or {},
                                        [r for r in rows if r.device == name])
-        note = cross_device_note(name, [r for r in rows if r.device == name], devices[0].name)
-        if note:
-            result.notes.append(note)
+        mine = [r for r in rows if r.device == name]
+        for note in (cross_device_note(name, mine, devices[0].name), isa_note(name, info.get("machine"), mine)):
+            if note:
+                result.notes.append(note)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.files = report.write_all(result)
     if options.log:

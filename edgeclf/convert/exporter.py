@@ -10,6 +10,7 @@ split -> write ``labels.txt`` and ``edgeclf.json`` last.
 """
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,7 +389,8 @@ def _verify(job: ExportJob, artifacts, rows: list[ExportRow], failures: list[str
         v = verify.assess(fmt.name, probs, labels, bundle.classes, ref_pred, engine)
         art.val_top1 = round(v.top1, 4)
         art.extra.update({"agreement": round(v.agreement, 4), "drop_pt": v.drop_pt, "val_images": int(len(val)),
-                          "verified_with": engine, "val_lost": v.lost, "val_gained": v.gained,
+                          "verified_with": engine, "verified_on": platform.machine(),  # int8 kernels differ by ISA
+                          "val_lost": v.lost, "val_gained": v.gained,
                           "mcnemar_p": round(v.p_value, 4) if v.p_value is not None else None})
         row.top1, row.agreement, row.drop_pt = v.top1, v.agreement, v.drop_pt
         row.significance = verify.significance(v.lost, v.gained, v.p_value, len(val))
