@@ -1,13 +1,13 @@
 """The exported models on emulated 64-bit ARM CPUs against this machine: the answers, not the speed.
 
     sudo .venv/bin/python benchmarks/arm_emulated.py \
-        --case "flowers:runs/train/flowers/export:../shared/data/flower_photos:250:tflite-fp32,tflite-int8,onnx-int8" \
-        --case "test:/tmp/edgeclf-test-run-.../export-...:../shared/data/hymenoptera_data:0:all" \
+        --case "test:/tmp/edgeclf-test-run-.../export-...:../shared/data/hymenoptera_data:0:all:device" \
+        --case "flowers:runs/train/flowers/export:../shared/data/flower_photos:250:tflite-fp32,tflite-int8,onnx-int8:host" \
         --cpus cortex-a72,cortex-a76,max --out benchmarks/results/arm_emulated
 
-For each case (name:export:data:max images, 0 for all:artifacts, 'all' or a comma list) and each CPU model:
-start the device (``scripts/arm-device.sh``), run one ``edgeclf bench`` of the export here and on it with
-``--decode-on device`` (the device decodes the photos itself), and record top-1, agreement with the float
+For each case (name:export:data:max images, 0 for all:artifacts, 'all' or a comma list:decode, 'device' for
+``--decode-on device``) and each CPU model: start the device (``scripts/arm-device.sh``), run one
+``edgeclf bench`` of the export here and on it, and record top-1, agreement with the float
 model, the images lost/gained against this machine, the decoded bytes against this machine's, and how long
 each step took. Then, for every int8 ONNX file, ONNX Runtime at each graph optimization level here and on the
 device: whether the answers part in the file or in the fused integer kernels. Writes OUT.json and OUT.md.
@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 ORT_LEVELS = r'''
 import sys, numpy as np, onnxruntime as ort
-model, images, out = sys.argv[1:4]
+model, images, out, levels = sys.argv[1:5]
 x = np.load(images)
 res = {}
-for name in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
+for name in levels.split(","):
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, name)
     so.intra_op_num_threads = 2
@@ -69,12 +69,17 @@ def subset_export(export: Path, keep: list[str] | None, work: Path) -> Path:
     (out / "edgeclf.json").write_text(json.dumps(meta, indent=1))
     for f in ["labels.txt", *[a["file"] for a in chosen]]:
         if (export / f).exists():
-            os.symlink((export / f).resolve(), out / f)
+            shutil.copy(export / f, out / f)  # bench sends files, not links
     assert names
     return out
 
 
-def ort_levels(export: Path, data: Path, max_images: int, device_root: Path, cpu: str, work: Path) -> dict:
+ALL_LEVELS = "ORT_DISABLE_ALL,ORT_ENABLE_BASIC,ORT_ENABLE_EXTENDED,ORT_ENABLE_ALL"
+TWO_LEVELS = "ORT_ENABLE_BASIC,ORT_ENABLE_ALL"  # unfused QDQ operators; fused integer kernels (the default)
+
+
+def ort_levels(export: Path, data: Path, max_images: int, device_root: Path, cpu: str, work: Path,
+               levels: str) -> dict:
     """ONNX Runtime at each optimization level, here and on the device: answers changed between the two."""
     from edgeclf.bench.valset import stratified_subset
     from edgeclf.contract import load_bundle
@@ -96,10 +101,10 @@ def ort_levels(export: Path, data: Path, max_images: int, device_root: Path, cpu
     model = bundle.path_of(int8[0])
     shutil.copy(model, inside / model.name)
     here = work / "here.npz"
-    sh([sys.executable, "-c", ORT_LEVELS, str(model), str(inside / "x.npy"), str(here)])
+    sh([sys.executable, "-c", ORT_LEVELS, str(model), str(inside / "x.npy"), str(here), levels])
     t = time.perf_counter()
     sh([shutil.which("chroot"), str(device_root), "/usr/bin/python3", "-c", ORT_LEVELS,
-        f"/tmp/edgeclf-ort-levels/{model.name}", "/tmp/edgeclf-ort-levels/x.npy", "/tmp/edgeclf-ort-levels/there.npz"],
+        f"/tmp/edgeclf-ort-levels/{model.name}", "/tmp/edgeclf-ort-levels/x.npy", "/tmp/edgeclf-ort-levels/there.npz", levels],
        env={"PATH": "/usr/bin:/bin", "QEMU_CPU": cpu, "LANG": "C.UTF-8"})
     a, b = np.load(here), np.load(inside / "there.npz")
     y = labels[keep]
@@ -118,22 +123,27 @@ def main() -> int:
     from edgeclf.bench import armdevice, armlayers
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", action="append", required=True, help="name:export:data:max_images:artifacts")
+    ap.add_argument("--case", action="append", required=True,
+                    help="name:export:data:max_images:artifacts:decode (decode: host or device)")
     ap.add_argument("--cpus", default="cortex-a72,cortex-a76,max")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/arm_emulated")
+    ap.add_argument("--merge", action="store_true", help="keep the other cases of an existing OUT.json")
+    ap.add_argument("--no-ort-levels", action="store_true", help="skip ONNX Runtime's optimization levels")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgeclf-arm-bench-"))
     layers = {p.name.split("-")[0]: json.loads((p / ".edgeclf-done").read_text())
               for p in armlayers.cache_root().glob("*-*") if (p / ".edgeclf-done").is_file()}
     record = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "host": {"machine": platform.machine(),
               "cpu": armdevice._host_cpu(), "cores": os.cpu_count()}, "layers": layers, "cases": {}}
+    if args.merge and args.out.with_suffix(".json").is_file():
+        record["cases"] = json.loads(args.out.with_suffix(".json").read_text())["cases"]
     for case in args.case:
-        name, export, data, max_images, arts = case.split(":")
+        name, export, data, max_images, arts, decode = case.split(":")
         export, data, max_images = Path(export), Path(data), int(max_images)
         keep = None if arts == "all" else arts.split(",")
         bench_export = subset_export(export, keep, work)
         record["cases"][name] = {"export": str(export), "data": str(data), "max_images": max_images or None,
-                                 "artifacts": arts, "devices": {}}
+                                 "artifacts": arts, "decode_on": decode, "devices": {}}
         for cpu in args.cpus.split(","):
             dev = f"edgeclf-bench-{cpu}"
             t = time.perf_counter()
@@ -142,14 +152,15 @@ def main() -> int:
             out = work / f"{name}-{cpu}"
             t = time.perf_counter()
             cmd = [sys.executable, "-m", "edgeclf", "bench", str(bench_export), "--data", str(data), "--out", str(out),
-                   "--runs", "3", "--warmup", "1", "--log", "", "--decode-on", "device", "--remote", dev]
+                   "--runs", "3", "--warmup", "1", "--log", "", "--decode-on", decode, "--remote", dev]
             if max_images:
                 cmd += ["--max-images", str(max_images)]
             sh(cmd, env={**os.environ, "COLUMNS": "200"})
             bench_s = time.perf_counter() - t
             result = json.loads((out / "bench.json").read_text())
             device = armdevice.Device.load(armlayers.cache_root() / "devices" / dev)
-            levels = ort_levels(export, data, max_images, Path(device.root), cpu, work)
+            levels = {} if args.no_ort_levels else ort_levels(export, data, max_images, Path(device.root), cpu, work,
+                                                              ALL_LEVELS if not max_images else TWO_LEVELS)
             sh(["bash", str(REPO / "scripts/arm-device.sh"), "stop", "--name", dev])
             rows = [{k: r.get(k) for k in ("device", "format", "backend", "top1", "agreement", "export_top1",
                                            "vs_first_changed", "vs_first_lost", "vs_first_gained",
@@ -189,7 +200,9 @@ def render(record: dict) -> str:
             lines += [f"### {cpu}: {fp['cpu']}, features {' '.join(fp['features'])}, int8 dot product "
                       f"{'yes' if fp['int8_dot'] else 'no'}", "",
                       f"{n} of {total} validation images; device start {d['start_seconds']:.0f} s, bench (this "
-                      f"machine and the device, decoding on the device too) {d['bench_seconds']:.0f} s.", "",
+                      f"machine and the device{', decoding on the device too' if case['decode_on'] == 'device' else ''}"
+                      f") {d['bench_seconds']:.0f} s; ONNX Runtime levels on the device "
+                      f"{(d.get('ort_levels') or {}).get('seconds_on_device', 0):.0f} s.", "",
                       "| device | format | backend | top-1 | agreement with float | export top-1 | vs x86: changed "
                       "(lost / gained) | top-1, decoded on the device |", "|---|---|---|---|---|---|---|---|"]
             for r in rows:

@@ -342,8 +342,9 @@ def start(name: str, cpu: str, port: int | None = None, ssh_config: Path | None 
         raise DeviceError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it becomes an ssh Host name)")
     qemu = layers.qemu_binary()
     cpus = layers.qemu_cpus(qemu)
-    if cpu not in cpus:
-        raise DeviceError(f"--cpu {cpu!r}: not a CPU model of this QEMU; choose one of {', '.join(cpus)}")
+    if (cpu or "").split(",")[0] not in cpus or not re.fullmatch(r"[A-Za-z0-9_.,=-]+", cpu):
+        raise DeviceError(f"--cpu {cpu!r}: not a CPU model of this QEMU; choose one of {', '.join(cpus)} (with "
+                          f"QEMU's properties after a comma, e.g. max,sve=off)")
     layers.ensure_binfmt(qemu)
     if os.geteuid() != 0:
         raise DeviceError("scripts/arm-device.sh start needs root (chroot and mounts): run it with sudo")
@@ -409,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/arm-device.sh", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_start = sub.add_parser("start", help="start an emulated ARM device and add 'Host NAME' to ~/.ssh/config")
-    p_start.add_argument("--cpu", required=True, help="QEMU CPU model: cortex-a72 (Pi 4), cortex-a76 (Pi 5), max, ...")
+    p_start.add_argument("--cpu", required=True, help="QEMU CPU model: cortex-a72 (Pi 4), cortex-a76 (Pi 5), max, ... "
+                         "(properties after a comma: max,sve=off)")
     p_start.add_argument("--name", required=True, help="the device's name: edgeclf bench ... --remote NAME")
     p_start.add_argument("--port", type=int, default=None, help="127.0.0.1 port for its sshd (default: a free one)")
     p_stop = sub.add_parser("stop", help="stop a device (or --all) and remove its ~/.ssh/config block")
