@@ -71,6 +71,19 @@ settings = Settings()
 _filter: subprocess.Popen | None = None
 
 
+LOG_WIDTH = 1000  # columns when the output is not a terminal: a table in a log file is never cut
+
+
+def table_console(min_width: int = 80, **kw):
+    """A rich Console for tables. On a terminal, its width (at least ``min_width``); sent to a file or a pipe (CI,
+    ``nohup``, ``| tee``), wide enough that no file name, recipe or note is cut or folded."""
+    from rich.console import Console
+
+    probe = Console(**kw)
+    width = max(min_width, probe.width) if probe.is_terminal else LOG_WIDTH
+    return Console(highlight=False, width=width, **kw)
+
+
 def get_logger(name: str) -> logging.Logger:
     """The logger of an edgeclf module (pass ``__name__``)."""
     return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")

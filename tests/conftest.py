@@ -101,7 +101,7 @@ def small_export(small_run) -> Path:
     """
     import shutil
 
-    key = sources_key("convert", "runtime", extra=("contract.py", "metrics.py", "status.py"))
+    key = sources_key("convert", "runtime", "cli", extra=("contract.py", "metrics.py", "status.py", "log.py"))
     out = small_run.parent / f"export-{key}"
     done = out.parent / f"{out.name}.log"  # written last, beside the folder (nothing extra inside it)
     if not done.is_file():

@@ -60,6 +60,19 @@ def exported(small_export) -> _Exported:
     return _Exported(small_export)
 
 
+def test_tables_sent_to_a_file_are_not_cut(exported):
+    """The session's `edgeclf export` ran with its output in a pipe (conftest.small_export), as in CI or under
+    nohup: every file name and every int8 recipe stands whole in it, on one line."""
+    bundle = load_bundle(exported.out_dir)
+    lines = exported.log.splitlines()
+    for art in bundle.artifacts:
+        assert any(art.file in line for line in lines), art.file
+        if art.recipe is not None:
+            label = art.recipe.label()
+            assert any(label in line and art.name in line for line in lines), (art.name, label)
+    assert "…" not in exported.log  # rich's mark of a cut cell
+
+
 def test_every_format_exported_verified_and_listed(exported, small_run):
     run_dir = small_run
     bundle = load_bundle(exported.out_dir)

@@ -84,6 +84,6 @@ def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, 
 
 
 def _console():
-    from rich.console import Console
+    from edgeclf.log import table_console
 
-    return Console(highlight=False, width=max(160, Console().width))  # the combined table is wide
+    return table_console(160)  # the combined table is wide

@@ -23,4 +23,6 @@ def command(data: str, val_split: float, holdout: float, seed: int, as_json: boo
     if as_json:
         click.echo(json.dumps(ds.report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        print_report(ds.report)
+        from edgeclf.log import table_console
+
+        print_report(ds.report, table_console())

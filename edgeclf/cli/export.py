@@ -82,12 +82,10 @@ def command(source, **opts) -> None:
     from edgeclf import log
 
     log.quiet_native_stderr()  # before TensorFlow is imported: its C++ start-up chatter
-    from rich.console import Console
-
     from edgeclf.convert.exporter import export_model, print_search, print_summary
 
     result = export_model(ExportOptions(target=source, **opts))
-    console = Console(highlight=False, width=max(100, Console().width))
+    console = log.table_console(100)
     print_search(result, console)
     print_summary(result, console)
     sys.exit(result.exit_code)

@@ -70,8 +70,6 @@ def command(data, resume, clear_cache, **opts) -> None:
     """Fine-tune an ImageNet backbone on DATA (class folders, split into train/ and val/ or not)."""
     import json
 
-    from rich.console import Console
-
     from edgeclf import log, rundir
     from edgeclf.errors import EdgeclfError
     from edgeclf.train.report import print_summary
@@ -95,7 +93,7 @@ def command(data, resume, clear_cache, **opts) -> None:
     if info is None:  # a cluster worker: the chief has the run folder
         return
     report = json.loads((info.dir / rundir.REPORT).read_text(encoding="utf-8"))
-    print_summary(report, info.classes, info.dir, Console(soft_wrap=True))
+    print_summary(report, info.classes, info.dir, log.table_console(soft_wrap=True))
 
 
 @contextlib.contextmanager
