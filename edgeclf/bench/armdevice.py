@@ -50,21 +50,9 @@ START_TIMEOUT = 180  # seconds for the emulated sshd to listen and a first login
 INSIDE = "/etc/edgeclf"  # the device's own files, inside its root
 STATE = "device.json"
 
-# Run inside at start: what the emulated CPU reports (AT_HWCAP, AT_HWCAP2, MIDR_EL1). MIDR is read with the
-# MRS instruction, which Linux (and QEMU) emulate for user space when HWCAP_CPUID (bit 11) is set.
-CPU_PROBE = r"""
-import ctypes, json, mmap, os
-libc = ctypes.CDLL(None)
-libc.getauxval.restype = ctypes.c_ulong
-libc.getauxval.argtypes = [ctypes.c_ulong]
-hw, hw2 = libc.getauxval(16), libc.getauxval(26)
-midr = None
-if hw >> 11 & 1:
-    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    buf.write((0xd5380000).to_bytes(4, "little") + (0xd65f03c0).to_bytes(4, "little"))  # mrs x0, midr_el1; ret
-    midr = ctypes.CFUNCTYPE(ctypes.c_uint64)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))()
-print(json.dumps({"hwcap": hw, "hwcap2": hw2, "midr": midr, "cpus": os.cpu_count()}))
-"""
+# Run inside at start (the device has edgeclf): what the emulated CPU reports (AT_HWCAP, AT_HWCAP2, MIDR_EL1)
+CPU_PROBE = ("import json, os; from edgeclf.bench.fingerprint import read_hwcap, read_midr; h = read_hwcap(); "
+             "print(json.dumps({'hwcap': h[0], 'hwcap2': h[1], 'midr': read_midr(), 'cpus': os.cpu_count()}))")
 
 
 @dataclass

@@ -71,6 +71,20 @@ def read_hwcap() -> tuple[int, int] | None:
         return None
 
 
+def read_midr() -> int | None:
+    """MIDR_EL1 (implementer, part, revision) of an arm64 Linux CPU, read with the MRS instruction, which the
+    kernel (and QEMU) emulate for user space when HWCAP_CPUID (bit 11) is set; None elsewhere."""
+    hwcaps = read_hwcap()
+    if not hwcaps or not hwcaps[0] >> 11 & 1 or not platform.machine().lower().startswith("aarch64"):
+        return None
+    import ctypes
+    import mmap
+
+    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    buf.write((0xd5380000).to_bytes(4, "little") + (0xd65f03c0).to_bytes(4, "little"))  # mrs x0, midr_el1; ret
+    return int(ctypes.CFUNCTYPE(ctypes.c_uint64)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))())
+
+
 def emulation() -> dict | None:
     """How this process is emulated, when it is: ``scripts/arm-device.sh`` devices say so in the file that
     ``$EDGECLF_EMULATION`` names; any QEMU user-mode process has ``$QEMU_CPU`` or is an ARM process that
