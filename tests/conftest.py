@@ -48,11 +48,15 @@ SMALL_RUN_ARGS = ["--model", "mobilenet_v2_035", "--imgsz", "96", "--epochs", "5
                   "--unfreeze", "8", "--holdout", "0.2"]  # 49 held-out images for export's int8 search
 
 
-def sources_key(*subpackages: str, extra: tuple[str, ...] = ()) -> str:
-    """A short hash of the edgeclf sources in ``subpackages`` (and top-level modules ``extra``)."""
+def sources_key(*subpackages: str, extra: tuple[str, ...] = (), data: Path | None = None) -> str:
+    """A short hash of the edgeclf sources in ``subpackages`` (and top-level modules ``extra``), and of where
+    ``data`` lies: a run records its data set's absolute path, so a checkout whose ../shared lies elsewhere (a
+    CI clone on a machine whose temp folder a run from another place has left) trains its own."""
     import hashlib
 
     h = hashlib.sha256()
+    if data is not None:
+        h.update(str(Path(data).resolve()).encode())
     for sub in subpackages:
         for p in sorted((REPO / "edgeclf" / sub).rglob("*.py")):
             h.update(p.read_bytes())
@@ -82,7 +86,7 @@ def small_run(hymenoptera) -> Path:
     import tempfile
 
     key = sources_key("train", "models", "data", extra=("config.py", "rundir.py", "metrics.py", "imageio.py",
-                                                         "fsutil.py", "log.py"))
+                                                         "fsutil.py", "log.py"), data=hymenoptera)
     base = Path(tempfile.gettempdir()) / f"edgeclf-test-run-{key}"
     if not (base / "DONE").is_file():
         shutil.rmtree(base, ignore_errors=True)
