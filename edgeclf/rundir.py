@@ -4,6 +4,8 @@ Shared ground beside :mod:`edgeclf.contract` (the export folder). No TensorFlow.
     runs/train/<name>/
       args.yaml  data_report.json  split.json  results.csv  results.png  report.json
       confusion_matrix.png  confusion_matrix_normalized.png  state.json
+      val_predictions.csv          (every validation image: true and predicted class, scores)
+      report.html                  (the page: edgeclf.page; export and bench bring it up to date)
       weights/best.keras  weights/last.keras
       export/                      (edgeclf export's default output: the contract)
 """
@@ -27,6 +29,8 @@ DATA_REPORT = "data_report.json"
 BEST = "weights/best.keras"
 LAST = "weights/last.keras"
 EXPORT = "export"
+PREDICTIONS = "val_predictions.csv"
+PREDICTION_FIELDS = ("file", "true", "predicted", "score", "true_score")
 
 
 @dataclass
@@ -100,3 +104,37 @@ def load_run(run_dir: str | Path) -> RunInfo:
         raise EdgeclfError(f"{run_dir}: no {SPLIT}; the run did not get past its data scan")
     classes = json.loads(split.read_text(encoding="utf-8"))["classes"]
     return RunInfo(run_dir, cfg, classes, cfg.imgsz or get_backbone(cfg.model).size)
+
+
+def write_predictions(run_dir: Path, samples: list, root: Path, probs) -> Path:
+    """``val_predictions.csv``: one row per validation image, in the split's order: its path relative to the
+    data folder, true and predicted class, the predicted class's score and the true class's."""
+    import csv
+    import io
+    import os
+
+    from edgeclf import fsutil
+
+    classes = json.loads((Path(run_dir) / SPLIT).read_text(encoding="utf-8"))["classes"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PREDICTION_FIELDS)
+    for s, p in zip(samples, probs):
+        pred = int(p.argmax())
+        writer.writerow([os.path.relpath(s.path, root), classes[s.label], classes[pred], f"{float(p[pred]):.4f}",
+                         f"{float(p[s.label]):.4f}"])
+    return fsutil.write_text(Path(run_dir) / PREDICTIONS, buf.getvalue())
+
+
+def read_predictions(run_dir: Path) -> list[dict]:
+    """The rows of ``val_predictions.csv`` (empty when the run has none: trained before it was written)."""
+    import csv
+
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["score"], r["true_score"] = float(r["score"]), float(r["true_score"])
+    return rows

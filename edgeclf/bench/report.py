@@ -259,6 +259,9 @@ def to_json(result) -> dict:
                         "reference": e.reference, "references": e.references})
     return {"schema": 1, "settings": result.settings, "machine": result.machine, "devices": result.devices,
             "exports": exports, "rows": [_public_row(r) for r in result.rows], "notes": result.notes,
+            "tables": [dict(zip(("device", "header", "cells"), (name, *table_rows(
+                result, width=None, rows=[r for r in result.rows if r.device == name]))))
+                for name in dict.fromkeys(r.device for r in result.rows)],  # as on screen, one per device
             "definitions": DEFINITIONS}
 
 

@@ -287,13 +287,19 @@ def export_model(options: ExportOptions) -> ExportResult:
         artifact.extra["export_seconds"] = round(time.perf_counter() - t, 1)
         artifacts.append((fmt, artifact))
 
-    reference = _verify(job, artifacts, rows, failures, warn)
+    val_probs: dict[str, np.ndarray] = {}
+    reference = _verify(job, artifacts, rows, failures, warn, val_probs)
     _judge_budget(job, rows, warn)
 
     failed = {r.name for r in rows if r.status == Status.FAILED}
     bundle.artifacts = [a for f, a in artifacts if f.name not in failed]
     bundle.source["reference"] = reference
     bundle.source["export_seconds"] = round(time.perf_counter() - t0, 1)
+    if val_probs:
+        from edgeclf.convert.verify import write_predictions
+
+        val = job.source.val[: len(next(iter(val_probs.values())))]
+        write_predictions(out_dir, val, {k: v for k, v in val_probs.items() if k not in failed}, bundle.classes)
     bundle.save(out_dir)
     order = [f.name for f in formats]
     return ExportResult(out_dir, bundle, sorted(rows, key=lambda r: order.index(r.name)), warnings, failures,
@@ -335,8 +341,9 @@ def _source_info(source: ExportSource, options: ExportOptions) -> dict:
     return info
 
 
-def _verify(job: ExportJob, artifacts, rows: list[ExportRow], failures: list[str], warn) -> dict:
-    """Evaluate every artifact through the runtime on val; mark collapsed ones failed (file removed)."""
+def _verify(job: ExportJob, artifacts, rows: list[ExportRow], failures: list[str], warn, val_probs: dict) -> dict:
+    """Evaluate every artifact through the runtime on val; mark collapsed ones failed (file removed). Every
+    model's validation probabilities go into ``val_probs`` (the float reference's as "float")."""
     from edgeclf.convert import verify
     from edgeclf.runtime.model import ModelRef
 
@@ -362,6 +369,7 @@ def _verify(job: ExportJob, artifacts, rows: list[ExportRow], failures: list[str
     keras_probs = np.asarray(job.keras_model().predict(images[:k].astype(np.float32), batch_size=k, verbose=0))
     max_diff = float(np.abs(keras_probs - ref_probs[:k]).max())
     ref_pred = ref_probs.argmax(axis=1)
+    val_probs["float"] = ref_probs
     ref_top1 = metrics.top1(ref_pred, labels)
     ref_share = verify.predicted_share(ref_pred, len(bundle.classes))
     if ref_share >= verify.COLLAPSE_SHARE:
@@ -387,6 +395,7 @@ def _verify(job: ExportJob, artifacts, rows: list[ExportRow], failures: list[str
             (job.out_dir / art.file).unlink(missing_ok=True)
             continue
         v = verify.assess(fmt.name, probs, labels, bundle.classes, ref_pred, engine)
+        val_probs[fmt.name] = probs
         art.val_top1 = round(v.top1, 4)
         art.extra.update({"agreement": round(v.agreement, 4), "drop_pt": v.drop_pt, "val_images": int(len(val)),
                           "verified_with": engine, "verified_on": platform.machine(),  # int8 kernels differ by ISA

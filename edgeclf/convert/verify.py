@@ -112,3 +112,21 @@ def advice(fmt_name: str, precision: str, qat: bool = False) -> str:
     if precision == "dynamic":
         return "fp16 (tflite-fp16) instead, or full int8 with --int8"
     return "check that the model exported is the one trained (fp32 should not lose accuracy)"
+
+
+PREDICTIONS = "val_predictions.json"
+
+
+def write_predictions(out_dir, samples: list, probs: dict[str, np.ndarray], classes: list[str]):
+    """``val_predictions.json`` in the export folder: each verified model's answer and score on every validation
+    image export verified on (the float reference as "float"), so a report can show where int8 and float
+    disagree without running anything."""
+    from pathlib import Path
+
+    from edgeclf import fsutil
+
+    models = {name: {"pred": [int(i) for i in p.argmax(axis=1)],
+                     "score": [round(float(x), 4) for x in p.max(axis=1)]} for name, p in probs.items()}
+    return fsutil.write_json(Path(out_dir) / PREDICTIONS, {
+        "classes": list(classes), "images": [str(s.path) for s in samples],
+        "labels": [int(s.label) for s in samples], "models": models})

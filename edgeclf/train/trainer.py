@@ -419,9 +419,9 @@ class _Session:
         self.recorder.end_stage(stage_index)
 
     # -- evaluation and report ------------------------------------------------------------------------
-    def _counts(self, split: str) -> tuple[np.ndarray, int]:
-        """Confusion matrix and top-5 hits of the best model on this worker's share of a split,
-        through the last stage's inputs, summed over the cluster's workers."""
+    def _counts(self, split: str) -> tuple[np.ndarray, int, np.ndarray]:
+        """Confusion matrix and top-5 hits of the best model on a split, through the last stage's inputs,
+        summed over the cluster's workers, and every image's probabilities (in the split's order)."""
         import tensorflow as tf
 
         from edgeclf.train import inputs as stage_inputs
@@ -435,26 +435,33 @@ class _Session:
         else:
             data = stage_inputs.image_batches(self.local[split], self.size, self.k, plan, 0, self.cfg.resize,
                                               False, 0, cache_budget=0)
-        cm, top5 = np.zeros((self.k, self.k), np.int64), 0
+        cm, top5, local = np.zeros((self.k, self.k), np.int64), 0, []
         for x, y, _ in data:
             probs = predict(x).numpy()
             truth = y.numpy().argmax(axis=1)
             cm += metrics.confusion(truth, probs.argmax(axis=1), self.k)
             top5 += metrics.top5_hits(probs, truth)
+            local.append(probs)
         counts = self.cluster.reduce(np.concatenate([cm.ravel(), [top5]]), "SUM")
-        return counts[:-1].reshape(self.k, self.k), int(counts[-1])
+        # each worker holds split[rank::workers]: scatter into the whole split, and sum
+        everyone = np.zeros((len(self.ds.split(split)), self.k), np.float32)
+        everyone[self.cluster.rank::self.cluster.workers] = np.concatenate(local) if local else everyone[:0]
+        everyone = self.cluster.reduce(everyone, "SUM").astype(np.float32)
+        return counts[:-1].reshape(self.k, self.k), int(counts[-1]), everyone
 
     def evaluate(self) -> dict:
         """``report.json``'s content: the best weights on the validation (and test) split."""
         self._load_best()
         state = self.run.state
-        cm, top5 = self._counts("val")
+        cm, top5, self.val_probs = self._counts("val")
         rep = metrics.report_from_counts(cm, self.ds.classes, top5)
+        rep["wrong"] = int(cm.sum() - np.trace(cm))
+        rep["predictions"] = rundir.PREDICTIONS
         rep.update(model=self.cfg.model, imgsz=self.size, best_epoch=state.best_epoch, epochs_run=state.epoch,
                    train_seconds=round(time.time() - self.recorder.t_start, 1),
                    train_images=len(self.ds.train), holdout_images=len(self.ds.holdout))
         if self.ds.test:
-            cm, top5 = self._counts("test")
+            cm, top5, _ = self._counts("test")
             rep["test"] = metrics.report_from_counts(cm, self.ds.classes, top5)
         if state.feature_cache:
             rep["feature_cache"] = state.feature_cache
@@ -478,11 +485,15 @@ class _Session:
         if not self.cluster.is_chief:
             return
         fsutil.write_json(run_dir / rundir.REPORT, rep)
+        rundir.write_predictions(run_dir, self.ds.val, self.ds.root, self.val_probs)
         cm = np.array(rep["confusion_matrix"])
         reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix.png", normalize=False)
         reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)
         reporting.plot_results(run_dir / rundir.RESULTS, run_dir / "results.png")
         state.save(run_dir)
+        from edgeclf.page import try_build
+
+        try_build(run_dir)
 
 
 def _sha(items: list[str]) -> str:
