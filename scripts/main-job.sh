@@ -35,4 +35,4 @@ echo "== export"
 edgeclf export "$RUN" --int8
 echo "== bench"
 edgeclf bench "$RUN/export" --data "$DATA" --out "$RUN/bench"
-echo "== done: report in $RUN/bench/bench.md (models in $RUN/export)"
+echo "== done: the page is $RUN/report.html (bench in $RUN/bench/bench.md, models in $RUN/export)"

@@ -78,13 +78,14 @@ def main() -> None:
       edgeclf export runs/train/exp --int8         TFLite and ONNX, verified
       edgeclf bench runs/train/exp/export --data DATA
       edgeclf run runs/train/exp/export --source 0 webcam, video, RTSP or folder
+      edgeclf report runs/train/exp               rebuild the run's page, report.html
     """
 
 
 def _register() -> None:
-    from edgeclf.cli import bench, check, export, run, train
+    from edgeclf.cli import bench, check, export, report, run, train
 
-    for module in (check, train, export, bench, run):
+    for module in (check, train, export, bench, run, report):
         main.add_command(common_options(module.command))
 
 

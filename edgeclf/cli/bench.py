@@ -79,7 +79,14 @@ def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, 
         remote_python=remote_python, local=not no_local, ssh_options=list(ssh_options), ssh_config=ssh_config,
         max_images=max_images, decode_on=decode_on,
         command="edgeclf bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""))
-    report.print_table(result, _console())
+    from edgeclf.page import try_build
+
+    runs = dict.fromkeys(e.bundle.source.get("run") for e in result.exports)
+    pages = [p for p in (try_build(run, "benches", result.out_dir) for run in runs) if p]
+    console = _console()
+    report.print_table(result, console)
+    for page in pages:
+        console.print(f"report: {page}", markup=False, highlight=False)
     sys.exit(result.exit_code)
 
 

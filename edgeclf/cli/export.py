@@ -84,8 +84,13 @@ def command(source, **opts) -> None:
     log.quiet_native_stderr()  # before TensorFlow is imported: its C++ start-up chatter
     from edgeclf.convert.exporter import export_model, print_search, print_summary
 
+    from edgeclf.page import try_build
+
     result = export_model(ExportOptions(target=source, **opts))
+    page = try_build(result.bundle.source.get("run"), "exports", result.out_dir)
     console = log.table_console(100)
     print_search(result, console)
     print_summary(result, console)
+    if page:
+        console.print(f"report: {page}", markup=False, highlight=False)
     sys.exit(result.exit_code)

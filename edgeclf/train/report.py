@@ -90,4 +90,6 @@ def print_summary(rep: dict, classes: list[str], run_dir: Path, console) -> None
     extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
     console.print(f"[b]val top-1 {rep['top1']:.2%}[/b]{extra}, macro-F1 {rep['macro_f1']:.3f}, "
                   f"{rep['train_seconds']:.0f}s of training. Results in {run_dir}", highlight=False)
+    if (Path(run_dir) / "report.html").is_file():
+        console.print(f"report: {Path(run_dir) / 'report.html'}", highlight=False, markup=False)
     console.print(f"next: edgeclf export {run_dir} --int8", highlight=False, markup=False)
