@@ -104,7 +104,7 @@ class Dataset:
 
     def save(self, path: str | Path) -> Path:
         """The exact split, so that export and bench use the same images as training did."""
-        d = {"root": str(Path(self.root).resolve()), "classes": self.classes,  # export may run from elsewhere
+        d = {"root": os.path.abspath(self.root), "classes": self.classes,  # export may run from elsewhere
              "samples": [[os.path.relpath(s.path, self.root), s.label, s.split] for s in self.samples]}
         return fsutil.write_json(path, d)
 
