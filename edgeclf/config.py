@@ -56,6 +56,7 @@ class TrainConfig:
     project: str = "runs/train"
     name: str = "exp"
     distributed: bool = False  # MultiWorkerMirroredStrategy across the hosts TF_CONFIG names
+    split_from: str | None = None  # a run folder (or its split.json): train on its exact split, no scan
 
     def save(self, path: str | Path) -> Path:
         return fsutil.write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))

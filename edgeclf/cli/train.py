@@ -59,6 +59,9 @@ d = partial(default, TrainConfig)
               help="Share of the training images never trained on: export's int8 search judges its candidates "
                    "on them (0: none; export then judges on training images).")
 @click.option("--seed", type=int, default=d("seed"), show_default=True)
+@click.option("--split-from", type=click.Path(path_type=str), default=d("split_from"),
+              help="Train on the exact train/holdout/val split of this run folder (or split.json), without "
+                   "scanning DATA again: models compared on the very same images (edgeclf sweep uses it).")
 @click.option("--project", default=d("project"), show_default=True)
 @click.option("--name", default=d("name"), show_default=True, help="Run folder name (exp2, exp3… when taken).")
 @click.option("--resume", "resume", is_flag=False, flag_value="last", default=None, metavar="[RUN_DIR]",
@@ -73,7 +76,8 @@ def command(data, resume, clear_cache, **opts) -> None:
     from edgeclf import log, rundir
     from edgeclf.errors import EdgeclfError
     from edgeclf.train.report import print_summary
-    from edgeclf.train.trainer import check_config, train
+    from edgeclf.train.runs import check_config
+    from edgeclf.train.trainer import train
 
     if clear_cache:
         from edgeclf.train.cache import clear

@@ -2,7 +2,8 @@
 
 ``train`` reads like the README's training section:
 
-1. prepare the run folder (scan the data, save the settings and the split), or resume one;
+1. prepare the run folder (scan the data or reuse a saved split, save the settings and the split), or
+   resume one (:mod:`edgeclf.train.runs`);
 2. build the model (ImageNet weights, or the checkpoint a resumed run continues from);
 3. cache features: wherever the frozen part of the network sits below a single-tensor cut, its output
    is computed once per image and augmented view by LiteRT (:mod:`edgeclf.train.features`), so that
@@ -29,14 +30,14 @@ import numpy as np
 
 from edgeclf import fsutil, metrics, rundir
 from edgeclf.config import TrainConfig
-from edgeclf.data.dataset import Dataset, format_report, scan
 from edgeclf.errors import EdgeclfError
 from edgeclf.imageio import RESIZE_IMPLEMENTATION
 from edgeclf.log import get_logger
 from edgeclf.models.registry import get_backbone
 from edgeclf.rundir import RunInfo
+from edgeclf.train.runs import Run, check_config, open_cluster_run, prepare_run, resume_run  # noqa: F401 (API)
 from edgeclf.train.stages import Stage, lr_at, plan_stages  # noqa: F401  (part of this module's API)
-from edgeclf.train.state import EpochRecorder, RunState
+from edgeclf.train.state import EpochRecorder
 
 log = get_logger(__name__)
 
@@ -46,20 +47,6 @@ Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
 
 def no_progress(description: str, total: int) -> ContextManager[Callable[[int], None]]:
     return contextlib.nullcontext(lambda n: None)
-
-
-@dataclass
-class Run:
-    """A run folder being trained: its settings, data split, state and plan."""
-
-    dir: Path | None  # None on a cluster worker that is not the chief: it writes no run folder
-    cfg: TrainConfig
-    data: Dataset
-    state: RunState
-    stages: list[Stage] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.stages = self.stages or plan_stages(self.cfg)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress | None = None) -> RunInfo | None:
@@ -108,91 +95,6 @@ def _keras_tracebacks() -> None:
         import keras
 
         keras.config.disable_traceback_filtering()
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Settings a run cannot start with: one-line errors before anything is written."""
-    backbone = get_backbone(cfg.model)
-    cfg.imgsz = int(cfg.imgsz or backbone.size)
-    if cfg.imgsz < backbone.min_size:
-        raise EdgeclfError(f"{cfg.model} needs --imgsz of at least {backbone.min_size}")
-    if cfg.optimizer not in ("adam", "rmsprop"):
-        raise EdgeclfError(f"--optimizer must be adam or rmsprop (got {cfg.optimizer})")
-    if str(cfg.unfreeze) != "all" and not str(cfg.unfreeze).isdigit():
-        raise EdgeclfError(f"--unfreeze takes a number of layers or 'all' (got {cfg.unfreeze})")
-    if cfg.cache_views < 0:
-        raise EdgeclfError(f"--cache-views must be 0 or more (got {cfg.cache_views})")
-    if cfg.batch < 1:
-        raise EdgeclfError(f"--batch must be 1 or more (got {cfg.batch})")
-
-
-def prepare_run(cfg: TrainConfig, exact_name: bool = False) -> Run:
-    """Scan the data and create the run folder with the settings, data report and exact split
-    (``project/name``, or ``name2``, ``name3``… when taken, unless ``exact_name``)."""
-    check_config(cfg)
-    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, holdout=cfg.holdout)
-    log.info(format_report(ds.report))
-    if exact_name:
-        run_dir = Path(cfg.project) / cfg.name
-        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-    else:
-        run_dir = rundir.new_run_dir(cfg.project, cfg.name)
-    cfg.data = str(Path(cfg.data).resolve())
-    cfg.save(run_dir / rundir.ARGS)
-    fsutil.write_json(run_dir / rundir.DATA_REPORT, ds.report.to_dict())
-    ds.save(run_dir / rundir.SPLIT)
-    log.info(f"run folder: {run_dir}")
-    return Run(run_dir, cfg, ds, RunState())
-
-
-def resume_run(resume: str | Path, project: str | Path) -> Run:
-    """The run folder ``resume`` (``"last"``: the latest under ``project``) as it was left."""
-    run_dir = rundir.latest_run(project) if str(resume) == "last" else Path(resume)
-    info = rundir.load_run(run_dir)
-    state = RunState.load(run_dir)
-    if not state.done:
-        if state.epoch > 0 and not (run_dir / rundir.LAST).is_file():
-            raise EdgeclfError(f"{run_dir}: {rundir.LAST} is missing; cannot resume")
-        log.info(f"resuming {run_dir} after epoch {state.epoch}")
-    return Run(run_dir, info.config, info.dataset(), state)
-
-
-def open_cluster_run(cfg: TrainConfig, cluster) -> Run:
-    """The run of a cluster: the chief creates ``--project/--name`` or resumes it when it is there (a
-    restarted cluster); the other workers scan the same data and take the chief's state."""
-    from dataclasses import asdict
-
-    check_config(cfg)
-    if cluster.is_chief:
-        run_dir = Path(cfg.project) / cfg.name
-        if (run_dir / rundir.ARGS).is_file():
-            run = resume_run(run_dir, cfg.project)
-        elif run_dir.is_dir() and any(run_dir.iterdir()):
-            raise EdgeclfError(f"{run_dir} exists and is not a run folder: choose another --name")
-        else:
-            run = prepare_run(cfg, exact_name=True)
-    else:
-        run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, holdout=cfg.holdout), RunState())
-    cluster.same_everywhere(_fingerprint(run.cfg, run.data), "the training settings or the data split")
-    for split in ("train", "val"):
-        if len(run.data.split(split)) < cluster.workers:
-            raise EdgeclfError(f"{len(run.data.split(split))} {split} images for {cluster.workers} workers: every "
-                               f"worker needs a share of each split")
-    run.state = RunState(**cluster.broadcast_json(asdict(run.state)))
-    return run
-
-
-def _fingerprint(cfg: TrainConfig, ds: Dataset) -> int:
-    """What every worker of a cluster must agree on: the settings that shape training, and the split."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    local = {"data", "project", "name", "cache_dir", "distributed"}  # may differ from host to host
-    settings = {k: v for k, v in asdict(cfg).items() if k not in local}
-    split = [(os.path.relpath(s.path, ds.root), s.label, s.split) for s in ds.samples]
-    digest = hashlib.sha256(json.dumps([settings, ds.classes, split], sort_keys=True).encode()).digest()
-    return int.from_bytes(digest[:6], "big")  # 48 bits: exact in the float64 the all-reduce carries
 
 
 @dataclass
