@@ -72,6 +72,7 @@ class BenchOptions:
     ssh_config: str | None = None  # `ssh -F FILE`
     max_images: int | None = None  # a stratified, seeded subset of the validation split (None: all)
     decode_on: str = "host"  # "device": remote devices also decode the photos themselves (a second top-1)
+    formats: list[str] | None = None  # only these artifacts (e.g. tflite-int8), None: every one
 
 
 def _internal(**kw):
@@ -300,6 +301,8 @@ def plan_jobs(device, exports: list[ExportInfo], options: BenchOptions, anywhere
     jobs, seen = [], set()
     for i, e in enumerate(exports):
         for art in e.bundle.artifacts:
+            if options.formats and art.name not in options.formats:
+                continue
             for backend, reason in backends_for(art, options.backends, device.backends, anywhere, where):
                 for t in threads:
                     key = (i, art.name, backend)
@@ -463,6 +466,11 @@ def run_bench(options: BenchOptions) -> BenchResult:
             raise EdgeclfError(f"--backends {missing[0]}: not installed here (pip install {INSTALL[missing[0]]})")
     t0 = time.perf_counter()
     exports = load_exports(options)
+    names = {a.name for e in exports for a in e.bundle.artifacts}
+    unknown = [f for f in options.formats or [] if f not in names]
+    if unknown:
+        raise EdgeclfError(f"--formats {unknown[0]}: no such model in the export folders "
+                           f"(there: {', '.join(sorted(names))})")
     out_dir = Path(options.out) if options.out else free_dir(DEFAULT_PROJECT)
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeclfError(f"--out {out_dir}: exists and is not a folder")

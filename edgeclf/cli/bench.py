@@ -25,6 +25,8 @@ from edgeclf.config import default
 @click.option("--backends", default=None,
               help="Comma list of litert, onnxruntime, opencv. Default: every installed backend that applies "
                    "(OpenCV DNN for float ONNX only).")
+@click.option("--formats", default=None,
+              help="Comma list of the models to measure, e.g. tflite-int8,onnx-int8. Default: every one.")
 @click.option("--min-top1", type=float, default=None,
               help="Accuracy floor (fraction, e.g. 0.9): exit 3 when any model is below it or fails (CI gate).")
 @click.option("--log", type=click.Path(path_type=str), default=str(default(BenchOptions, "log")), show_default=True,
@@ -49,8 +51,8 @@ from edgeclf.config import default
               help="device: each --remote device also decodes and resizes the validation photos itself (the files "
                    "are sent), as its camera frames will be; the report adds that top-1 and compares the decoded "
                    "bytes with this machine's.")
-def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, remotes, remote_python, no_local,
-            ssh_options, ssh_config, max_images, decode_on) -> None:
+def command(exports, data, out, runs, warmup, threads, backends, formats, min_top1, log, remotes, remote_python,
+            no_local, ssh_options, ssh_config, max_images, decode_on) -> None:
     """Measure every model of one or more export folders on the validation split of DATA, side by side,
     through the runtime backends `edgeclf run` uses: size, load time and cold start, top-1 (top-5 with
     more than five classes), macro-F1, drop against the float model, agreement with it and an exact
@@ -78,6 +80,7 @@ def command(exports, data, out, runs, warmup, threads, backends, min_top1, log, 
         backends=parse_backends(backends), min_top1=min_top1, log=log or None, remotes=list(remotes),
         remote_python=remote_python, local=not no_local, ssh_options=list(ssh_options), ssh_config=ssh_config,
         max_images=max_images, decode_on=decode_on,
+        formats=[f.strip() for f in formats.split(",") if f.strip()] if formats else None,
         command="edgeclf bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""))
     from edgeclf.page import try_build
 
