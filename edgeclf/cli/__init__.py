@@ -79,13 +79,14 @@ def main() -> None:
       edgeclf bench runs/train/exp/export --data DATA
       edgeclf run runs/train/exp/export --source 0 webcam, video, RTSP or folder
       edgeclf report runs/train/exp               rebuild the run's page, report.html
+      edgeclf sweep DATA --max-latency 5          the most accurate backbone x size within a budget
     """
 
 
 def _register() -> None:
-    from edgeclf.cli import bench, check, export, report, run, train
+    from edgeclf.cli import bench, check, export, report, run, sweep, train
 
-    for module in (check, train, export, bench, run, report):
+    for module in (check, train, export, bench, run, report, sweep):
         main.add_command(common_options(module.command))
 
 

@@ -1,0 +1,114 @@
+"""The eight-candidate flowers sweep: MobileNetV2 1.0 and 0.35 at 96, 128, 160 and 224 px, benched here and on
+an emulated Cortex-A72 and Cortex-A76 board (their accuracy; latency only here), with the front, the choice
+under a latency budget, and what the sweep cost in wall time and where it went.
+
+    sudo .venv/bin/python benchmarks/sweep_flowers.py [--data ../shared/data/flower_photos] \
+        [--max-latency 2.0] [--out benchmarks/results/sweep_flowers] [--resume runs/sweep/flowers]
+
+Root starts the emulated boards (scripts/arm-device.sh); without root, or with --no-arm, the sweep runs here
+only. Writes OUT.md (sweep.md of the sweep with this machine's fingerprint and the cost) and OUT.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+CPUS = {"a72": "cortex-a72", "a76": "cortex-a76"}
+REMOTE_ARGS = "--max-images 200 --runs 3 --warmup 1 --formats tflite-int8,tflite-fp32 --backends litert"
+
+
+def sh(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:5])} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(REPO.parent / "shared/data/flower_photos"))
+    ap.add_argument("--max-latency", type=float, default=2.0, help="the budget judged at the end, ms")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/sweep_flowers")
+    ap.add_argument("--project", default=str(REPO / "runs/sweep"))
+    ap.add_argument("--name", default="flowers")
+    ap.add_argument("--resume", default=None)
+    ap.add_argument("--no-arm", action="store_true")
+    args = ap.parse_args()
+    from edgeclf.bench.fingerprint import fingerprint
+
+    arm = not args.no_arm and os.geteuid() == 0
+    devices = {k: f"edgeclf-sweep-{k}" for k in CPUS} if arm else {}
+    t0 = time.perf_counter()
+    for key, name in devices.items():
+        sh(["bash", str(REPO / "scripts/arm-device.sh"), "start", "--cpu", CPUS[key], "--name", name])
+    start_s = time.perf_counter() - t0
+    try:
+        if args.resume:
+            cmd = ["sweep", "--resume", args.resume]
+        else:
+            cmd = ["sweep", args.data, "--models", "mobilenet_v2,mobilenet_v2_035", "--imgsz", "96,128,160,224",
+                   "--project", args.project, "--name", args.name]
+            for name in devices.values():
+                cmd += ["--remote", name]
+            if devices:
+                cmd += ["--remote-bench-args", REMOTE_ARGS]
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "edgeclf", *cmd], text=True, capture_output=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "200"})
+        sweep_s = time.perf_counter() - t
+        print(proc.stdout[-6000:], proc.stderr[-3000:], sep="\n", flush=True)
+        folder = Path(args.resume) if args.resume else next(
+            line.split(": ", 1)[1].strip() for line in proc.stdout.splitlines() if line.startswith("sweep folder: "))
+        folder = Path(folder)
+        judged = subprocess.run([sys.executable, "-m", "edgeclf", "sweep", "--resume", str(folder), "--max-latency",
+                                 str(args.max_latency)], text=True, capture_output=True,
+                                env={**os.environ, "COLUMNS": "200"})
+    finally:
+        for name in devices.values():
+            subprocess.run(["bash", str(REPO / "scripts/arm-device.sh"), "stop", "--name", name], capture_output=True)
+    sweep = json.loads((folder / "sweep.json").read_text())
+    fp = fingerprint()
+    machine = (f"{fp.get('cpu')}, {fp.get('usable_cores')} cores, {', '.join(fp.get('features') or [])}, "
+               f"{(fp.get('memory_mib') or 0) / 1024:.0f} GiB; {fp.get('os')}; Python {fp.get('python')}; "
+               + ", ".join(f"{k} {v}" for k, v in (fp.get("versions") or {}).items()))
+    cost = sweep["cost_seconds"]
+    totals = {k: sum((c.get(k) or 0) for c in cost.values()) for k in ("caching", "training", "export", "bench",
+                                                                        "remote")}
+    record = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine, "command": "edgeclf " + " ".join(cmd),
+              "sweep_folder": str(folder), "sweep_wall_s": round(sweep_s, 1), "devices_start_s": round(start_s, 1),
+              "scan_s": sweep.get("scan_seconds"), "totals_s": totals, "judged_exit": judged.returncode,
+              "judged_output": judged.stdout[-3000:], "remote_bench_args": REMOTE_ARGS if devices else None}
+    args.out.with_suffix(".json").write_text(json.dumps({**record, "sweep": sweep}, indent=1))
+    md = (folder / "sweep.md").read_text()
+    head = ["# The flowers sweep, measured", "",
+            f"Measured by `benchmarks/sweep_flowers.py` on {record['created']}: `{record['command']}`, then "
+            f"`edgeclf sweep --resume {folder.name} --max-latency {args.max_latency:g}`.", "",
+            f"Machine: {machine}.", "",
+            f"Wall time of the sweep: **{sweep_s / 60:.1f} min** on 2 cores (the scan {record['scan_s']} s; "
+            f"caching {totals['caching'] / 60:.1f} min, training {totals['training'] / 60:.1f} min, export "
+            f"{totals['export'] / 60:.1f} min, bench here {totals['bench'] / 60:.1f} min, bench on the emulated "
+            f"boards {totals['remote'] / 60:.1f} min); starting the boards {start_s:.0f} s.", ""]
+    if devices:
+        head += [f"Emulated boards (QEMU user mode): {', '.join(CPUS.values())}, benched with `{REMOTE_ARGS}`: "
+                 "their top-1 is the ARM kernels' answer on those images; their latency and RAM in the tables are "
+                 "this machine's (an emulator's timing is not a board's).", ""]
+    head += ["The budget judged again on the finished sweep:", "", "```", judged.stdout.strip()[-2500:], "```", "",
+             "The sweep's own report follows.", ""]
+    import shutil
+
+    for png in folder.glob("sweep-*.png"):  # beside the record, named after it
+        shutil.copyfile(png, args.out.parent / f"{args.out.name}-{png.stem[len('sweep-'):]}.png")
+    body = md.replace("# edgeclf sweep", "## edgeclf sweep", 1).replace("\n## ", "\n### ")
+    args.out.with_suffix(".md").write_text("\n".join(head) + "\n" + body.replace("](sweep-", f"]({args.out.name}-"))
+    print(f"wrote {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
