@@ -31,7 +31,7 @@ def predict(export: Path, artifact: str, images: np.ndarray) -> np.ndarray:
 
 
 def compare(q: np.ndarray, f: np.ndarray, y: np.ndarray) -> dict:
-    from edgeclf.bench.stats import mcnemar_exact
+    from edgeclf.stats import mcnemar_exact
 
     m = mcnemar_exact(q, f, y)
     return {"n": len(y), "lost": m.only_reference_right, "gained": m.only_model_right, "changed": int((q != f).sum()),

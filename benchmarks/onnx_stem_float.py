@@ -10,7 +10,7 @@ from edgeclf.rundir import load_run
 from edgeclf.convert.calibration import load_images, split_training, CalibrationSet
 from edgeclf.convert.onnx_export import Quantizer, first_conv_names
 from edgeclf.contract import Recipe, load_bundle
-from edgeclf.bench.stats import mcnemar_exact
+from edgeclf.stats import mcnemar_exact
 import onnxruntime as ort
 
 def run(data, x):

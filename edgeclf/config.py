@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import yaml
 
 from edgeclf import fsutil
 from edgeclf.errors import EdgeclfError
-
-if TYPE_CHECKING:
-    from edgeclf.convert.calibration import CalibrationSet
 
 
 IO_TYPES = ("uint8", "int8", "float")  # input/output of the full-integer TFLite model
@@ -98,7 +95,7 @@ class ExportOptions:
     seed: int = 0
     threads: int | None = None
     verify_images: int | None = None  # None: the whole validation split
-    calibration: CalibrationSet | None = None  # library use: calibrate on these images instead
+    calibration: Any = None  # library use: a convert.calibration.CalibrationSet to calibrate on instead
 
     def check(self) -> None:
         """Reject bad combinations up front, with one-line errors (the one place options are validated)."""

@@ -5,3 +5,11 @@ class EdgeclfError(Exception):
     """Something the user can act on (bad input, missing file, failed check). Message = one line."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an exception's message, or its type's name when it has none (never fails:
+    an empty message, or one of blank lines, gives the name). ``limit`` cuts a long line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeclf.bench import core, fingerprint, remote, report, stats
+from edgeclf import stats
+from edgeclf.bench import core, fingerprint, remote, report
 from edgeclf.contract import SCHEMA, Artifact, Bundle, InputSpec, TensorSpec
 from edgeclf.errors import EdgeclfError
 from edgeclf.status import Status

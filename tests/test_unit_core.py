@@ -333,3 +333,13 @@ def test_main_job_without_data_or_network_is_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "http://127.0.0.1:9/flower_photos.tgz" in lines[0] and str(tmp_path / "cache") in lines[0]
     assert not (clone / ".venv").exists()  # failed before setting anything up
+
+
+def test_first_line_of_an_exception_never_fails():
+    from edgeclf.errors import first_line
+
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(RuntimeError("\n  \n")) == "RuntimeError"
+    assert first_line(OSError("\n  disk full \nmore")) == "disk full"
+    cut = first_line(KeyError("x" * 300), 120)
+    assert cut == "'" + "x" * 118 + "…" and len(cut) == 120

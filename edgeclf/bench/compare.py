@@ -12,7 +12,7 @@ import numpy as np
 from edgeclf.status import Status
 
 if TYPE_CHECKING:
-    from edgeclf.bench.core import BenchRow
+    from edgeclf.bench.rows import BenchRow
     from edgeclf.bench.valset import ExportInfo
 
 REFERENCE_ORDER = (("tflite-fp32", "litert"), ("onnx-fp32", "onnxruntime"))
@@ -34,7 +34,7 @@ def _reference(device: str, index: int, probs: dict) -> tuple[str, str, np.ndarr
 def add_metrics(rows: list[BenchRow], exports: list[ExportInfo], probs: dict, min_top1: float | None) -> None:
     """Accuracy of every row from its device's predictions: top-1/top-5/macro-F1 (classification_report),
     against the float reference of the same export on the same device (compare, McNemar, worst class)."""
-    from edgeclf.bench.stats import mcnemar_exact, worst_class_drop
+    from edgeclf.stats import mcnemar_exact, worst_class_drop
     from edgeclf.metrics import classification_report, compare
 
     reports: dict[tuple, dict] = {}
@@ -87,7 +87,7 @@ def add_metrics(rows: list[BenchRow], exports: list[ExportInfo], probs: dict, mi
 def add_cross_device(rows: list[BenchRow], probs: dict) -> None:
     """Each device's answers against the first device's for the same artifact and backend: the same file on
     other kernels (another ISA: x86 VNNI against ARM NEON or dot product) can answer differently."""
-    from edgeclf.bench.stats import mcnemar_exact
+    from edgeclf.stats import mcnemar_exact
 
     first = rows[0].device if rows else None
     for row in rows:

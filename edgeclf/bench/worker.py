@@ -11,7 +11,7 @@ SPEC.json (written by :mod:`edgeclf.bench.agent`, on this machine or on a remote
 Order matters for the memory figure: import the runtime (``import_ms``; ``baseline`` = peak RSS so far)
 -> load the model and classify one real image (``load_ms``; ``cold_start_ms`` = load plus that first
 inference) -> warm-up and timed batch-1 invokes (``times_ms``, every one: the statistics are computed by
-the caller, :mod:`edgeclf.bench.stats`) -> ``peak`` RSS, i.e. a process that loads and runs only this
+the caller, :mod:`edgeclf.stats`) -> ``peak`` RSS, i.e. a process that loads and runs only this
 model. Only then the accuracy pass over the whole validation array (memory-mapped, batches of 32), which
 would otherwise count the images and batch-32 activations as the model's memory.
 

@@ -13,7 +13,7 @@ import traceback
 import click
 
 from edgeclf import log
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 
 EXIT_INTERNAL = 1
 
@@ -36,11 +36,6 @@ def common_options(command):
     return command
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class _Group(click.Group):
     """Turns errors into one line and a non-zero exit; ``--debug`` adds the traceback."""
 
@@ -50,7 +45,7 @@ class _Group(click.Group):
         except EdgeclfError as exc:
             if log.settings.debug:
                 traceback.print_exception(exc, file=sys.stderr)
-            click.echo(f"error: {_first_line(exc)}", err=True)
+            click.echo(f"error: {first_line(exc)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -63,7 +58,7 @@ class _Group(click.Group):
                 hint = ""
             else:
                 hint = " (run again with --debug for the traceback)"
-            click.echo(f"error: unexpected {type(exc).__name__}: {_first_line(exc)}{hint}", err=True)
+            click.echo(f"error: unexpected {type(exc).__name__}: {first_line(exc)}{hint}", err=True)
             sys.exit(EXIT_INTERNAL)
 
 

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
 
 log = get_logger(__name__)
@@ -124,9 +124,8 @@ def _guard(fn, *args):
     except EdgeclfError:
         raise
     except Exception as exc:  # an operator layout this code does not know: say so, do not stop the export
-        from edgeclf.convert.search import _first_line
 
-        raise EdgeclfError(f"bias correction failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise EdgeclfError(f"bias correction failed ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def _tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: int | None = None) -> bytes:

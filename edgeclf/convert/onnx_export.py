@@ -44,7 +44,7 @@ from typing import Iterator
 import numpy as np
 
 from edgeclf.contract import Artifact, Recipe, TensorSpec
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
 
 log = get_logger(__name__)
@@ -88,7 +88,7 @@ def _serialize_checked(proto) -> bytes:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise EdgeclfError(f"the ONNX model does not pass onnx.checker: {str(exc).splitlines()[0]}") from exc
+        raise EdgeclfError(f"the ONNX model does not pass onnx.checker: {first_line(exc)}") from exc
     return proto.SerializeToString()
 
 

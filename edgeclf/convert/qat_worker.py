@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeclf.errors import first_line
+
 
 class QatError(Exception):
     pass
@@ -84,7 +86,7 @@ def main(spec_path: str) -> None:
     try:
         qmodel = tfmot.quantization.keras.quantize_model(model)
     except Exception as exc:
-        raise QatError(f"tfmot cannot quantize it ({str(exc).splitlines()[0]})") from exc
+        raise QatError(f"tfmot cannot quantize it ({first_line(exc)})") from exc
     calib = np.load(d / "calib.npy")
     init_ranges(qmodel, calib)
     qmodel.compile(K.optimizers.Adam(spec["lr"]), K.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
@@ -117,5 +119,5 @@ if __name__ == "__main__":
         print(f"QAT-ERROR: {exc}", flush=True)
         sys.exit(1)
     except Exception as exc:  # one line for the parent, whatever tfmot/tf_keras raised
-        print(f"QAT-ERROR: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", flush=True)
+        print(f"QAT-ERROR: {type(exc).__name__}: {first_line(exc)}", flush=True)
         sys.exit(1)

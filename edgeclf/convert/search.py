@@ -49,11 +49,11 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from edgeclf import metrics
-from edgeclf.bench.stats import mcnemar_exact
 from edgeclf.contract import Artifact, Bundle, Recipe
 from edgeclf.convert import verify
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
+from edgeclf.stats import mcnemar_exact
 
 log = get_logger(__name__)
 
@@ -174,7 +174,7 @@ class Judge:
             probs, trial.p50_ms = self._run(data, self.images, latency=True)
         except EdgeclfError as exc:  # TooSlow too: skipped, said at the default log level
             skipped = isinstance(exc, TooSlow)
-            trial.outcome, trial.note = SKIPPED if skipped else FAILED, _first_line(exc)
+            trial.outcome, trial.note = SKIPPED if skipped else FAILED, first_line(exc)
             trial.seconds = time.perf_counter() - t0
             log.log(logging.INFO if skipped else logging.DEBUG, "  %-44s %s: %s", trial.label,
                     "skipped" if skipped else "failed", trial.note)
@@ -291,7 +291,7 @@ class Judge:
             try:
                 p = self.run(build(group), images)
             except EdgeclfError as exc:
-                log.debug("ranking: reverting %s failed: %s", group, _first_line(exc))
+                log.debug("ranking: reverting %s failed: %s", group, first_line(exc))
                 continue
             scored.append((float(np.abs(p - ref).sum(axis=1).mean()), group))
         scored.sort(key=lambda sg: sg[0])
@@ -416,13 +416,6 @@ def _recipe_dict(recipe: Recipe) -> dict:
     d = asdict(recipe)
     d["float_layers"] = list(recipe.float_layers)
     return d
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def doubling(n: int, start: int = 1) -> Iterator[int]:
     """1, 2, 4, ... up to and including ``n`` (the float-fallback group sizes)."""
     k = start

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from edgeclf import fsutil, rundir
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 
 PAGE = "report.html"
 SOURCES = "report_sources.json"  # the export and bench folders that belong on the page
@@ -83,6 +83,5 @@ def try_build(run_dir: str | Path | None, kind: str | None = None, folder: Path 
             note_source(Path(run_dir), kind, folder)
         return build(run_dir)
     except (EdgeclfError, OSError, ValueError, KeyError) as exc:
-        text = str(exc).strip()
-        log.warning("%s not updated: %s", Path(run_dir) / PAGE, text.splitlines()[0] if text else type(exc).__name__)
+        log.warning("%s not updated: %s", Path(run_dir) / PAGE, first_line(exc))
         return None

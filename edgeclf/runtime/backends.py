@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgeclf.contract import ContractError, TensorSpec
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.runtime.model import ModelLoadError, ModelRef, resolve_model
 
 BACKEND_NAMES = ("auto", "litert", "onnxruntime", "opencv")
@@ -193,7 +193,7 @@ class LiteRTBackend(Backend):
                 self._it = Interpreter(model_path=str(self.model.path), num_threads=self.threads)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ModelLoadError(f"{self.model.path}: LiteRT cannot load it ({first})") from exc
         inputs, outputs = self._it.get_input_details(), self._it.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -268,7 +268,7 @@ class OnnxRuntimeBackend(Backend):
             self._sess = ort.InferenceSession(str(self.model.path), sess_options=opts,
                                               providers=[p for p in wanted if p in have])
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ModelLoadError(f"{self.model.path}: ONNX Runtime cannot load it ({first})") from exc
         self.engine = f"onnxruntime {ort.__version__} {self._sess.get_providers()[0]}"
         inputs, outputs = self._sess.get_inputs(), self._sess.get_outputs()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edgeclf.contract import (CONTRACT_FILE, METADATA_KEY, Artifact, Bundle, ContractError, InputSpec,
                               bundle_from_dict, load_bundle)
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 
 MODEL_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
 # The artifact `edgeclf run` picks when none is asked for: small and fast first, then exact.
@@ -206,7 +206,7 @@ def onnx_metadata_props(data: bytes, path: Path | str = "<onnx>") -> dict[str, s
     try:
         session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({str(exc).strip().splitlines()[0]})") from exc
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({first_line(exc)})") from exc
     return dict(session.get_modelmeta().custom_metadata_map)
 
 

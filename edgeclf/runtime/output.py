@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import fsutil
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
 from edgeclf.imageio import resize_rgb
 
@@ -169,7 +169,7 @@ class Window:
             return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
         except cv2.error as exc:
             self.ok = False
-            log.warning("cannot show a window (%s); going on headless", str(exc).strip().splitlines()[-1])
+            log.warning("cannot show a window (%s); going on headless", first_line(exc))
             return True
 
     def close(self) -> None:

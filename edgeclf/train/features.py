@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgeclf.errors import first_line
 from edgeclf.log import get_logger
 
 log = get_logger(__name__)
@@ -152,7 +153,7 @@ def make_engine(bottom, batch: int = 16) -> tuple[Callable[[np.ndarray], list[np
         return TFLiteRunner(bottom, batch=batch), "litert"
     except Exception as exc:  # a layer TFLite cannot convert: Keras still works, slower
         log.warning(f"the feature cache falls back to Keras, slower ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:120]})")
+                    f"{first_line(exc, 120)})")
 
         def run(x):
             out = bottom.predict(x, batch_size=batch, verbose=0)

@@ -1,4 +1,5 @@
-"""The statistics of a bench row, pure Python and numpy (the device needs no SciPy):
+"""Statistics that bench, export's int8 search and verification share, pure Python and numpy (a device needs no
+SciPy):
 
 * :func:`latency_summary`: mean, p50 with a distribution-free 95 % confidence interval, p90, p99, std,
   min, max and FPS of the timed batch-1 invokes;
