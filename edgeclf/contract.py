@@ -19,6 +19,8 @@ from edgeclf.errors import EdgeclfError
 SCHEMA = 1
 CONTRACT_FILE = "edgeclf.json"
 LABELS_FILE = "labels.txt"
+VAL_SPLIT_FILE = "val_split.json"  # the validation images export verified on, relative to the data folder
+PREDICTIONS_FILE = "val_predictions.json"  # each verified model's answers on them, in the same order
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 

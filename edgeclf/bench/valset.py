@@ -1,13 +1,16 @@
 """The validation images a bench measures: each export folder's split of ``--data``, an optional stratified
 subset of it (``--max-images``), and the images decoded and resized once, here, by the one decoder.
 
-The split is the run's own ``split.json`` when the export came from a run trained on the same folder,
-else the validation split of a scan of ``--data``. ``--max-images N`` keeps N of those images, each class in
+The images are the ones export verified on, listed in the export folder's ``val_split.json`` and found under
+``--data`` (bench reads nothing but the export folder and the photos). For an export written before that file:
+the run's own ``split.json`` when the export came from a run trained on the same folder, else the validation
+split of a scan of ``--data``. ``--max-images N`` keeps N of those images, each class in
 proportion (at least one each while N allows), chosen with a fixed seed: every device, every run and every
 export of the same data measures the very same images.
 """
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclf.contract import Bundle, ContractError, load_bundle
+from edgeclf.contract import VAL_SPLIT_FILE, Bundle, ContractError, load_bundle
 from edgeclf.errors import EdgeclfError
 from edgeclf.log import get_logger
 
@@ -73,23 +76,48 @@ def _label(bundle: Bundle, folder: Path) -> str:
     return f"{backbone} {bundle.input.height}"
 
 
+def _export_split(folder: Path, data: Path):
+    """The validation images export verified on (its ``val_split.json``), found under ``data``: the very same
+    images on every machine. None for an export written before that file."""
+    from types import SimpleNamespace
+
+    from edgeclf.data.dataset import Sample
+
+    path = folder / VAL_SPLIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        files, labels, classes = list(d["files"]), [int(x) for x in d["labels"]], list(d["classes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EdgeclfError(f"{path}: unreadable ({exc}); export again to write it") from exc
+    missing = [f for f in files if not (data / f).is_file()]
+    if missing:
+        raise EdgeclfError(f"--data {data}: {missing[0]} is missing ({len(missing)} of the {len(files)} validation "
+                           f"images export verified on, listed in {path}): give the data set the model was exported "
+                           f"with")
+    val = [Sample(str(data / f), label, "val") for f, label in zip(files, labels)]
+    return SimpleNamespace(classes=classes, val=val), f"{path} (the images export verified on)"
+
+
 def _run_split(bundle: Bundle, folder: Path, data: Path):
-    """The run's own ``split.json`` when the export came from a run trained on ``data``, else None."""
+    """For an export without ``val_split.json``: the run's own ``split.json`` when the export came from a run
+    trained on ``data``, else None (then the split is a scan's). A run's split that cannot be read is an error,
+    not a silent scan that could pick other images."""
     from edgeclf.data.dataset import Dataset
-    from edgeclf.rundir import SPLIT, split_root
 
     run = bundle.source.get("run")
-    candidates = ([Path(run)] if run else []) + [folder.parent]
-    for run_dir in candidates:
-        split = run_dir / SPLIT
-        root = split_root(run_dir)
-        if root is None:
+    for run_dir in ([Path(run)] if run else []) + [folder.parent]:
+        split = run_dir / "split.json"
+        if not split.is_file():
             continue
+        try:
+            root = Path(json.loads(split.read_text(encoding="utf-8"))["root"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EdgeclfError(f"{split}: unreadable ({exc}): cannot tell which images the model was validated "
+                               f"on") from exc
         if root.resolve() == data.resolve():
-            try:
-                return Dataset.load(split), f"{split} (the run's split)"
-            except (EdgeclfError, OSError, ValueError, KeyError):
-                return None
+            return Dataset.load(split), f"{split} (the run's split)"
     return None
 
 
@@ -116,7 +144,7 @@ def load_exports(options) -> list[ExportInfo]:
 
     scanned = None
     for e in exports:
-        found = _run_split(e.bundle, e.dir, data)
+        found = _export_split(e.dir, data) or _run_split(e.bundle, e.dir, data)
         if found is None:
             if scanned is None:
                 log.info(f"scanning {data}")

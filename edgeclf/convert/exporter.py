@@ -299,7 +299,8 @@ def export_model(options: ExportOptions) -> ExportResult:
         from edgeclf.convert.verify import write_predictions
 
         val = job.source.val[: len(next(iter(val_probs.values())))]
-        write_predictions(out_dir, val, {k: v for k, v in val_probs.items() if k not in failed}, bundle.classes)
+        verified = {k: v for k, v in val_probs.items() if k not in failed}
+        write_predictions(out_dir, val, job.source.info["data"], verified, bundle.classes)
     bundle.save(out_dir)
     order = [f.name for f in formats]
     return ExportResult(out_dir, bundle, sorted(rows, key=lambda r: order.index(r.name)), warnings, failures,

@@ -83,7 +83,7 @@ def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
     v = Verification(name, cmp.top1, cmp.agreement, cmp.drop_pt, float(counts.max() / max(1, len(pred))),
                      int(counts.argmax()), reason, engine)
     if reference_pred is not None:
-        from edgeclf.bench.stats import mcnemar_exact
+        from edgeclf.stats import mcnemar_exact
 
         test = mcnemar_exact(pred, reference_pred, labels)
         v.lost, v.gained, v.p_value = test.only_reference_right, test.only_model_right, test.p_value
@@ -114,19 +114,22 @@ def advice(fmt_name: str, precision: str, qat: bool = False) -> str:
     return "check that the model exported is the one trained (fp32 should not lose accuracy)"
 
 
-PREDICTIONS = "val_predictions.json"
-
-
-def write_predictions(out_dir, samples: list, probs: dict[str, np.ndarray], classes: list[str]):
-    """``val_predictions.json`` in the export folder: each verified model's answer and score on every validation
-    image export verified on (the float reference as "float"), so a report can show where int8 and float
-    disagree without running anything."""
+def write_predictions(out_dir, samples: list, root, probs: dict[str, np.ndarray], classes: list[str]) -> None:
+    """The export folder's record of verification: ``val_split.json``, the validation images (relative to the
+    data folder ``root``) and labels, so that bench measures the very same images on any machine; and
+    ``val_predictions.json``, each verified model's answer and score on them (the float reference as "float"),
+    so that a report can show where int8 and float disagree without running anything."""
+    import os
     from pathlib import Path
 
     from edgeclf import fsutil
+    from edgeclf.contract import PREDICTIONS_FILE, VAL_SPLIT_FILE
 
+    files = [os.path.relpath(s.path, root).replace(os.sep, "/") for s in samples]
+    labels = [int(s.label) for s in samples]
+    fsutil.write_json(Path(out_dir) / VAL_SPLIT_FILE, {"classes": list(classes), "files": files, "labels": labels,
+                                                       "exported_from": os.path.abspath(root)})
     models = {name: {"pred": [int(i) for i in p.argmax(axis=1)],
                      "score": [round(float(x), 4) for x in p.max(axis=1)]} for name, p in probs.items()}
-    return fsutil.write_json(Path(out_dir) / PREDICTIONS, {
-        "classes": list(classes), "images": [str(s.path) for s in samples],
-        "labels": [int(s.label) for s in samples], "models": models})
+    fsutil.write_json(Path(out_dir) / PREDICTIONS_FILE, {
+        "classes": list(classes), "images": [str(s.path) for s in samples], "labels": labels, "models": models})
