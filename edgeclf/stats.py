@@ -126,3 +126,19 @@ def worst_class_drop(per_class: dict, reference_per_class: dict) -> tuple[str, f
         return None
     points, name = max(drops, key=lambda d: d[0])
     return name, points
+
+
+OVER_BUDGET_Z = 1.645  # one-sided 95 %: a model is over budget when the images show it
+
+
+def over_budget(lost: int, gained: int, n: int, budget_pt: float) -> bool:
+    """Do ``n`` images show, with one-sided 95 % confidence, that a candidate which loses ``lost``
+    of the images float gets right and gains ``gained`` loses more than ``budget_pt``? A paired comparison
+    (McNemar's statistic with the budget as its null): the net loss must exceed the budget's share of the
+    images by more than 1.645 standard deviations, sqrt(lost + gained). On 289 images one image is 0.35 pt:
+    a candidate two images down (0.69 pt) is not shown to be over a 0.5 pt budget, and ranking candidates
+    on it would rank noise; a broken recipe (tens of images down) is."""
+    if n <= 0:
+        return False
+    excess = (lost - gained) - budget_pt / 100 * n
+    return excess > OVER_BUDGET_Z * float(np.sqrt(lost + gained))

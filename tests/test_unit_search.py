@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeclf.contract import Artifact, Bundle, InputSpec, Recipe
-from edgeclf.convert import search
+from edgeclf.convert import search, verify
 
 _REAL_RUN = search.Judge._run  # before the fixture replaces it
 N = 100
@@ -178,14 +178,14 @@ def test_memorized_selection_images_are_recognised():
     """A float model that gets every (stable) selection image right has learned them: the export says so."""
     labels = np.array([0, 1, 2, 1] * 50)
     right = np.eye(3)[labels]
-    assert search.memorized(right, labels)
+    assert verify.memorized(right, labels)
     wrong = right.copy()
     wrong[:3] = np.eye(3)[(labels[:3] + 1) % 3]  # 3 of 200 wrong: 98.5 %
-    assert not search.memorized(wrong, labels)
+    assert not verify.memorized(wrong, labels)
     stable = np.ones(len(labels), bool)
     stable[:3] = False  # the three it gets wrong are coin flips under pixel noise: left out
-    assert search.memorized(wrong, labels, stable)
-    assert not search.memorized(right, labels, np.zeros(len(labels), bool))
+    assert verify.memorized(wrong, labels, stable)
+    assert not verify.memorized(right, labels, np.zeros(len(labels), bool))
 
 
 def test_one_budget_rule_for_the_search_and_the_export():
@@ -194,7 +194,8 @@ def test_one_budget_rule_for_the_search_and_the_export():
     "within budget" to the search and a --max-drop warning (exit 3 with --strict) to export."""
     from types import SimpleNamespace
 
-    from edgeclf.convert.exporter import ExportRow, _judge_budget, over_max_drop
+    from edgeclf.convert.results import ExportRow
+    from edgeclf.convert.verify import judge_budget as _judge_budget, over_max_drop
     from edgeclf.convert.search import Judge
     from edgeclf.status import Status
 

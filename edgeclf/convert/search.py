@@ -53,7 +53,7 @@ from edgeclf.contract import Artifact, Bundle, Recipe
 from edgeclf.convert import verify
 from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
-from edgeclf.stats import mcnemar_exact
+from edgeclf.stats import mcnemar_exact, over_budget  # noqa: F401 (over_budget: API)
 
 log = get_logger(__name__)
 
@@ -301,22 +301,6 @@ class Judge:
         return scored
 
 
-OVER_BUDGET_Z = 1.645  # one-sided 95 %: a candidate is rejected when the selection images show it is over budget
-
-
-def over_budget(lost: int, gained: int, n: int, budget_pt: float) -> bool:
-    """Do ``n`` selection images show, with one-sided 95 % confidence, that a candidate which loses ``lost``
-    of the images float gets right and gains ``gained`` loses more than ``budget_pt``? A paired comparison
-    (McNemar's statistic with the budget as its null): the net loss must exceed the budget's share of the
-    images by more than 1.645 standard deviations, sqrt(lost + gained). On 289 images one image is 0.35 pt:
-    a candidate two images down (0.69 pt) is not shown to be over a 0.5 pt budget, and ranking candidates
-    on it would rank noise; a broken recipe (tens of images down) is."""
-    if n <= 0:
-        return False
-    excess = (lost - gained) - budget_pt / 100 * n
-    return excess > OVER_BUDGET_Z * float(np.sqrt(lost + gained))
-
-
 def fallback(judge: Judge, base: Recipe, groups: list[tuple[str, ...]], build: Callable[[tuple[str, ...]], bytes],
              recipe_for: Callable[[list[tuple[str, ...]]], Recipe]) -> Iterator[Candidate]:
     """Float-fallback candidates for ``base``, NNCF's way: rank ``groups`` (already in a prior order,
@@ -351,19 +335,6 @@ def fallback(judge: Judge, base: Recipe, groups: list[tuple[str, ...]], build: C
         current = last[1]
         order = [g for _, g in ranked]
         remaining = [g for g in order if g not in kept][:RERANKED_GROUPS]
-
-
-MEMORIZED_TOP1 = 0.995  # float top-1 on the selection images at or above this: they tell candidates little
-
-
-def memorized(probs: np.ndarray, labels: np.ndarray, stable: np.ndarray | None = None) -> bool:
-    """Has the float model learned the selection images by heart (top-1 >= MEMORIZED_TOP1 on the stable
-    ones)? Then an int8 candidate rarely flips one of them, whatever it would do on new images: a model
-    fine-tuned until training accuracy is ~100 % leaves the search little to go on."""
-    keep = np.ones(len(labels), bool) if stable is None else np.asarray(stable, bool)
-    if not keep.any():
-        return False
-    return float((np.asarray(probs)[keep].argmax(axis=1) == np.asarray(labels)[keep]).mean()) >= MEMORIZED_TOP1
 
 
 def run_search(judge: Judge, ladder: Iterable[Candidate]) -> SearchResult:

@@ -6,9 +6,21 @@ split: top-1, agreement with the float reference's predictions, drop in points, 
 """
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from edgeclf import fsutil, metrics
+from edgeclf.contract import Artifact
+from edgeclf.convert.calibration import load_images
+from edgeclf.convert.results import ExportRow
+from edgeclf.errors import EdgeclfError
+from edgeclf.log import get_logger
+from edgeclf.stats import over_budget
+from edgeclf.status import Status
+
+log = get_logger(__name__)
 
 COLLAPSE_SHARE = 0.95  # one class predicted for at least this share of images ...
 COLLAPSE_TRUE_SHARE = 0.90  # ... while the most common true class is rarer than this
@@ -133,3 +145,150 @@ def write_predictions(out_dir, samples: list, root, probs: dict[str, np.ndarray]
                      "score": [round(float(x), 4) for x in p.max(axis=1)]} for name, p in probs.items()}
     fsutil.write_json(Path(out_dir) / PREDICTIONS_FILE, {
         "classes": list(classes), "images": [str(s.path) for s in samples], "labels": labels, "models": models})
+
+
+MEMORIZED_TOP1 = 0.995  # float top-1 on the selection images at or above this: they tell candidates little
+
+
+def memorized(probs: np.ndarray, labels: np.ndarray, stable: np.ndarray | None = None) -> bool:
+    """Has the float model learned the selection images by heart (top-1 >= MEMORIZED_TOP1 on the stable
+    ones)? Then an int8 candidate rarely flips one of them, whatever it would do on new images: a model
+    fine-tuned until training accuracy is ~100 % leaves the search little to go on."""
+    keep = np.ones(len(labels), bool) if stable is None else np.asarray(stable, bool)
+    if not keep.any():
+        return False
+    return float((np.asarray(probs)[keep].argmax(axis=1) == np.asarray(labels)[keep]).mean()) >= MEMORIZED_TOP1
+
+
+# --- every exported file on validation, and the budget ---------------------------------------------------
+
+KERAS_CHECK_IMAGES = 32  # the float reference (fp32 TFLite) is checked against Keras on this many images
+KERAS_CHECK_TOLERANCE = 1e-3  # max |p_tflite - p_keras|
+
+
+def verify_all(job, artifacts, rows: list[ExportRow], failures: list[str], warn, val_probs: dict) -> dict:
+    """Evaluate every artifact through the runtime on val; mark collapsed ones failed (file removed). Every
+    model's validation probabilities go into ``val_probs`` (the float reference's as "float")."""
+    from edgeclf.runtime.model import ModelRef
+
+    if not artifacts:
+        return {}
+    bundle, opts = job.bundle, job.options
+    val = job.source.val[: opts.verify_images] if opts.verify_images else job.source.val
+    log.info("verifying on %d validation images through the edgeclf runtime", len(val))
+    images = load_images(val, bundle.input.height, bundle.input.width, bundle.input.resize)
+    labels = np.array([s.label for s in val])
+    bundle.root = job.out_dir
+
+    # The float reference: the fp32 TFLite model, checked against Keras on a few images. Keras on the
+    # whole validation split would take minutes on a CPU.
+    ref_art = Artifact(file=".reference_fp32.tflite", format="tflite", precision="fp32")
+    ref_path = job.out_dir / ref_art.file
+    fsutil.write_bytes(ref_path, job.float_tflite())
+    try:
+        ref_probs, _ = predict(ModelRef(ref_path, bundle, ref_art, "export"), images, opts.threads)
+    finally:
+        ref_path.unlink(missing_ok=True)
+    k = min(KERAS_CHECK_IMAGES, len(images))
+    keras_probs = np.asarray(job.keras_model().predict(images[:k].astype(np.float32), batch_size=k, verbose=0))
+    max_diff = float(np.abs(keras_probs - ref_probs[:k]).max())
+    ref_pred = ref_probs.argmax(axis=1)
+    val_probs["float"] = ref_probs
+    ref_top1 = metrics.top1(ref_pred, labels)
+    ref_share = predicted_share(ref_pred, len(bundle.classes))
+    if ref_share >= COLLAPSE_SHARE:
+        warn(f"the trained model itself predicts '{bundle.classes[int(np.bincount(ref_pred).argmax())]}' "
+             f"for {ref_share:.0%} of the validation images: check training (the export is faithful)")
+    reference = {"artifact": "tflite-fp32", "val_top1": round(ref_top1, 4), "val_images": int(len(val)),
+                 "keras_check_images": int(k), "keras_max_abs_diff": round(max_diff, 6),
+                 "note": "agreement and drop are measured against the fp32 TFLite model, checked against "
+                         "Keras on the first keras_check_images validation images"}
+    if max_diff > KERAS_CHECK_TOLERANCE:
+        failures.append(f"the fp32 TFLite model differs from Keras by {max_diff:.4f} (probability) on {k} images")
+        log.error("the float reference disagrees with Keras (max |dp| %.4f)", max_diff)
+
+    for fmt, art in artifacts:
+        ref = ModelRef(job.out_dir / art.file, bundle, art, "export")
+        row = ExportRow(fmt.name, art.file, art.bytes, recipe=art.recipe.label() if art.recipe else "")
+        try:
+            probs, engine = predict(ref, images, opts.threads)
+        except EdgeclfError as exc:
+            failures.append(f"{fmt.name}: the runtime cannot run it ({exc})")
+            row.status, row.note = Status.FAILED, f"runtime: {exc}"
+            rows.append(row)
+            (job.out_dir / art.file).unlink(missing_ok=True)
+            continue
+        v = assess(fmt.name, probs, labels, bundle.classes, ref_pred, engine)
+        val_probs[fmt.name] = probs
+        art.val_top1 = round(v.top1, 4)
+        art.extra.update({"agreement": round(v.agreement, 4), "drop_pt": v.drop_pt, "val_images": int(len(val)),
+                          "verified_with": engine, "verified_on": platform.machine(),  # int8 kernels differ by ISA
+                          "val_lost": v.lost, "val_gained": v.gained,
+                          "mcnemar_p": round(v.p_value, 4) if v.p_value is not None else None})
+        row.top1, row.agreement, row.drop_pt = v.top1, v.agreement, v.drop_pt
+        row.lost, row.gained, row.images = v.lost, v.gained, len(val)
+        row.significance = significance(v.lost, v.gained, v.p_value, len(val))
+        if v.collapsed:
+            row.status, row.note = Status.FAILED, f"collapsed: {v.collapsed}"
+            failures.append(f"{fmt.name} collapsed: {v.collapsed}; the file was removed "
+                            f"(try more --calib-images, or check the calibration images are real photos)")
+            (job.out_dir / art.file).unlink(missing_ok=True)
+        rows.append(row)
+    return reference
+
+
+def over_max_drop(row: ExportRow, max_drop: float) -> bool:
+    """The one budget rule, as the search applies it to its candidates (:func:`search.over_budget`): a file is
+    over --max-drop when the validation images show it (its net loss exceeds the budget by more than they can
+    resolve, a one-sided 95 % paired test), not when a point estimate a few images wide passes it."""
+    if row.drop_pt is None:
+        return False
+    if row.lost is None or row.gained is None or not row.images:
+        return row.drop_pt > max_drop
+    return over_budget(row.lost, row.gained, row.images, max_drop)
+
+
+def judge_budget(job, rows: list[ExportRow], warn) -> None:
+    """Mark every verified artifact over --max-drop (:func:`over_max_drop`), with the warning that names the fix."""
+    opts = job.options
+    for row in rows:
+        if row.status != Status.OK:
+            continue
+        search = job.searches.get(row.name)
+        if search is not None and search.chosen is not None:
+            row.selection_drop_pt = search.chosen.selection_drop_pt
+        over_val = over_max_drop(row, opts.max_drop)
+        over_search = search is not None and not search.within_budget
+        if not (over_val or over_search):
+            if row.drop_pt is not None and row.drop_pt > opts.max_drop:
+                row.note = (f"{row.lost} lost, {row.gained} gained of {row.images}: not shown to be over "
+                            f"--max-drop {opts.max_drop:g}")
+            continue
+        row.status = Status.DROP
+        fmt_precision = row.name.split("-", 1)[1]
+        if over_search:
+            row.note = f"best of {len(search.trials)} candidates; try --qat"
+            warn(f"{row.name}: no candidate of the search is within --max-drop {opts.max_drop} pt; kept the best "
+                 f"({search.chosen.label}: {search.chosen.selection_drop_pt:+.2f} pt on the selection images, "
+                 f"{row.drop_pt:+.2f} pt on validation{'; ' + row.significance if row.significance else ''}); try "
+                 f"{advice(row.name, fmt_precision, opts.qat)}")
+        else:
+            row.note = f"try: {advice(row.name, fmt_precision, opts.qat)}"
+            where = ""
+            if row.selection_drop_pt is not None:
+                c = search.chosen
+                where = (f" (within budget on the {search.judged} selection images: {row.selection_drop_pt:+.2f} pt"
+                         + (f", {c.selection_lost} lost and {c.selection_gained} gained" if c.selection_lost is not None
+                            else "") + ")")
+            if search is not None and job.selection_from == "train" and _selection_memorized(job):
+                where += (" — the float model classifies every selection image correctly (training images it has "
+                          "learned), so the int8 candidates could not be told apart on them; retrain with "
+                          "--holdout so that export judges on images the model never saw")
+            sig = f" ({row.significance})" if row.significance else ""
+            warn(f"{row.name} loses {row.drop_pt:.2f} pt on validation{sig} (> --max-drop {opts.max_drop}){where}; "
+                 f"try {advice(row.name, fmt_precision, opts.qat)}")
+
+
+def _selection_memorized(job) -> bool:
+    probs, stable = job.selection_reference()
+    return memorized(probs, job.selection().labels, stable)
