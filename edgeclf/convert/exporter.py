@@ -26,7 +26,7 @@ from edgeclf.convert.formats import ExportFormat, select_formats
 from edgeclf.convert.results import (EXIT_DROP, EXIT_FAILED, EXIT_OK, ExportResult, ExportRow,  # noqa: F401 (API)
                                      print_search, print_summary)
 from edgeclf.convert.source import ExportSource, resolve_source
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
 from edgeclf.status import Status
 
@@ -41,7 +41,7 @@ def load_keras(path: Path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # zip errors, missing config, unknown layers, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise EdgeclfError(f"{path}: Keras cannot load this model ({first})") from exc
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf.contract import TensorSpec
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
 
 log = get_logger(__name__)
@@ -53,7 +53,7 @@ def convert(tflite_bytes: bytes, input_spec: TensorSpec, opset: int,
             with contextlib.redirect_stdout(_io.StringIO()):
                 proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise EdgeclfError(f"the int8 TFLite model cannot be converted to ONNX (tf2onnx, opset {opset}): "
                                f"{first}") from exc
     float_io(proto, input_spec)
