@@ -22,6 +22,7 @@ LABELS_FILE = "labels.txt"
 VAL_SPLIT_FILE = "val_split.json"  # the validation images export verified on, relative to the data folder
 PREDICTIONS_FILE = "val_predictions.json"  # each verified model's answers on them, in the same order
 FORMATS = ("tflite", "onnx")
+FILE_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}  # a model file of each format ends so
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 

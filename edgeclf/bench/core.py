@@ -32,19 +32,20 @@ from edgeclf.bench.rows import (DEFAULT_LOG, DEFAULT_PROJECT, EXIT_BELOW, EXIT_O
                                 BenchOptions, BenchResult, BenchRow)
 from edgeclf.bench.valset import ExportInfo, decode_val, load_exports
 from edgeclf.contract import Artifact
+from edgeclf.runtime.backends import AUTO_ORDER, BACKENDS
 from edgeclf.errors import EdgeclfError
 from edgeclf.log import get_logger
 from edgeclf.status import Status
 
 log = get_logger(__name__)
 
-BACKEND_CHOICES = ("litert", "onnxruntime", "opencv")
+BACKEND_CHOICES = tuple(BACKENDS)  # the runtime's registry
 # Backends measured by default, per format; OpenCV DNN only for float ONNX by default (it cannot run
 # integer inputs, and QDQ int8 graphs are unreliable in it): asked for explicitly, it is tried on any
 # ONNX model and a failure is that row's status.
-DEFAULT_BACKENDS = {"tflite": ("litert",), "onnx": ("onnxruntime", "opencv")}
+DEFAULT_BACKENDS = AUTO_ORDER
 OPENCV_DEFAULT_PRECISIONS = ("fp32",)
-INSTALL = {"litert": "ai-edge-litert", "onnxruntime": "onnxruntime", "opencv": "opencv-python-headless"}
+INSTALL = {name: b.install for name, b in BACKENDS.items()}
 LATENCY_IMAGES = 8  # the timed invokes cycle over this many real validation images
 DECODE_CHOICES = ("host", "device")
 

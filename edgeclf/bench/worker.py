@@ -28,11 +28,11 @@ import sys
 import time
 from pathlib import Path
 
+from edgeclf.runtime.backends import BACKENDS
 from edgeclf.status import Status
 
 # The module each backend's runtime lives in: imported before the baseline is taken.
-RUNTIME_MODULES = {"litert": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-                   "onnxruntime": ("onnxruntime",), "opencv": ("cv2",)}
+RUNTIME_MODULES = {name: b.modules for name, b in BACKENDS.items()}
 ACCURACY_BATCH = 32
 
 

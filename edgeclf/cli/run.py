@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from edgeclf.runtime.backends import BACKEND_NAMES
+
 
 @click.command("run")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--source", "-s", required=True,
               help="0 (camera index), picamera, a video, an image, a folder (recursive), a glob, or an RTSP/HTTP URL.")
-@click.option("--backend", type=click.Choice(["auto", "litert", "onnxruntime", "opencv"]), default="auto",
+@click.option("--backend", type=click.Choice(list(BACKEND_NAMES)), default="auto",
               show_default=True, help="Inference runtime; auto picks by file type and what is installed.")
 @click.option("--artifact", default=None,
               help="Which model of an export folder, e.g. tflite-int8, tflite-fp32, onnx-fp32 (or a file name). "

@@ -49,7 +49,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from edgeclf import metrics
-from edgeclf.contract import Artifact, Bundle, Recipe
+from edgeclf.contract import FILE_SUFFIX, Artifact, Bundle, Recipe
 from edgeclf.convert import verify
 from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.log import get_logger
@@ -223,7 +223,7 @@ class Judge:
         from edgeclf.runtime.backends import open_backend
         from edgeclf.runtime.model import ModelRef
 
-        suffix = ".tflite" if self.artifact.format == "tflite" else ".onnx"
+        suffix = FILE_SUFFIX[self.artifact.format]
         with tempfile.NamedTemporaryFile(prefix=".search-", suffix=suffix, dir=self.work_dir) as fh:
             fh.write(data)
             fh.flush()

@@ -22,7 +22,6 @@ from edgeclf.contract import ContractError, TensorSpec
 from edgeclf.errors import EdgeclfError, first_line
 from edgeclf.runtime.model import ModelLoadError, ModelRef, resolve_model
 
-BACKEND_NAMES = ("auto", "litert", "onnxruntime", "opencv")
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -69,7 +68,9 @@ class Backend:
     """
 
     name: ClassVar[str] = ""
-    formats: ClassVar[tuple[str, ...]] = ()
+    formats: ClassVar[tuple[str, ...]] = ()  # the contract formats it runs
+    install: ClassVar[str] = ""  # the pip package that provides it
+    modules: ClassVar[tuple[str, ...]] = ()  # the modules its runtime lives in (any one of them)
 
     def __init__(self, model: ModelRef, threads: int | None = None):
         self.model = model
@@ -152,6 +153,8 @@ class LiteRTBackend(Backend):
 
     name = "litert"
     formats = ("tflite",)
+    install = "ai-edge-litert"
+    modules = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 
     @staticmethod
     def _interpreter_class():
@@ -233,6 +236,8 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     formats = ("onnx",)
+    install = "onnxruntime"
+    modules = ("onnxruntime",)
 
     def __init__(self, model: ModelRef, threads: int | None = None, provider: str = "cpu"):
         super().__init__(model, threads)
@@ -310,6 +315,8 @@ class OpenCVDnnBackend(Backend):
 
     name = "opencv"
     formats = ("onnx",)
+    install = "opencv-python-headless"
+    modules = ("cv2",)
 
     @classmethod
     def available(cls) -> bool:
@@ -361,6 +368,7 @@ class OpenCVDnnBackend(Backend):
 
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (LiteRTBackend, OnnxRuntimeBackend, OpenCVDnnBackend)}
+BACKEND_NAMES = ("auto", *BACKENDS)  # what --backend accepts
 # `--backend auto`: for each format, the runtimes to try in order.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"tflite": ("litert",), "onnx": ("onnxruntime", "opencv")}
 

@@ -22,11 +22,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeclf.contract import (CONTRACT_FILE, METADATA_KEY, Artifact, Bundle, ContractError, InputSpec,
+from edgeclf.contract import (CONTRACT_FILE, FILE_SUFFIX, METADATA_KEY, Artifact, Bundle, ContractError, InputSpec,
                               bundle_from_dict, load_bundle)
 from edgeclf.errors import EdgeclfError, first_line
 
-MODEL_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
+MODEL_SUFFIXES = {suffix: fmt for fmt, suffix in FILE_SUFFIX.items()}
 # The artifact `edgeclf run` picks when none is asked for: small and fast first, then exact.
 ARTIFACT_PREFERENCE = ("tflite-int8", "tflite-fp16", "tflite-fp32", "tflite-dynamic", "onnx-fp32", "onnx-int8",
                        "onnx-fp16", "onnx-dynamic")
