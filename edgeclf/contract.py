@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from edgeclf import fsutil
 from edgeclf.errors import EdgeclfError
@@ -89,6 +89,61 @@ class Recipe:
         return cls(**known)
 
 
+class ArtifactExtra(TypedDict, total=False):
+    """What export records per file beyond its contract fields (``Artifact.extra``); bench, the run's page and
+    the sweep read these by name."""
+
+    agreement: float  # share of validation images it answers as the float reference does
+    drop_pt: float  # top-1 points lost against the float reference on validation (negative: gained)
+    val_images: int  # validation images verified on
+    val_lost: int  # images the float reference gets right and this file wrong
+    val_gained: int  # the other way round
+    mcnemar_p: float | None  # exact McNemar p of the difference
+    verified_with: str  # runtime and threads, e.g. "ai_edge_litert 2.3.0, 2 threads"
+    verified_on: str  # the ISA it was verified on (platform.machine()): int8 kernels differ by ISA
+    export_seconds: float
+    calibration_images: int
+    selection_images: int  # int8: the images the search judged on
+    selection_unstable: int  # of which left out: the float model's answer flips with +-2 levels of pixel noise
+    selection_from: str  # "holdout" (never trained on) or "train"
+    opset: int  # ONNX
+    qat: dict  # --qat: how the quantization-aware fine-tuning went
+
+
+class SearchTrial(TypedDict, total=False):
+    """One candidate of an int8 search (``Artifact.search``), as measured on the selection images."""
+
+    label: str
+    recipe: dict  # a Recipe as a dict
+    tier: int  # the ladder's rung
+    outcome: str  # chosen | within budget, slower | over budget | collapsed | failed | skipped ...
+    selection_top1: float
+    selection_drop_pt: float
+    selection_agreement: float
+    selection_lost: int
+    selection_gained: int
+    p50_ms: float  # through the edgeclf runtime, on the exporting machine
+    bytes: int
+    seconds: float
+    note: str
+
+
+class SourceInfo(TypedDict, total=False):
+    """Where an export came from (``Bundle.source``)."""
+
+    backbone: str
+    model: str  # the .keras file
+    keras_val_top1: float | None
+    versions: dict[str, str]  # library versions of the export
+    max_drop_pt: float  # the --max-drop it was exported with
+    search: str  # --search
+    run: str  # the run folder (a run export)
+    data: str  # the data folder it was validated on
+    reference: dict  # the float reference: artifact, val_top1, val_images, the Keras check
+    export_seconds: float
+    qat: bool
+
+
 @dataclass
 class Artifact:
     file: str
@@ -99,9 +154,9 @@ class Artifact:
     input: TensorSpec = field(default_factory=lambda: TensorSpec("float32"))
     output: TensorSpec = field(default_factory=lambda: TensorSpec("float32"))
     val_top1: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"agreement": 0.99, "drop_pt": 0.1}
+    extra: ArtifactExtra = field(default_factory=dict)  # type: ignore[assignment]  # e.g. agreement, drop_pt
     recipe: Recipe | None = None  # int8: how it was quantized
-    search: list[dict[str, Any]] = field(default_factory=list)  # int8: every candidate the search tried
+    search: list[SearchTrial] = field(default_factory=list)  # int8: every candidate the search tried
 
     @property
     def name(self) -> str:
@@ -113,7 +168,7 @@ class Bundle:
     classes: list[str]
     input: InputSpec
     artifacts: list[Artifact] = field(default_factory=list)
-    source: dict[str, Any] = field(default_factory=dict)
+    source: SourceInfo = field(default_factory=dict)  # type: ignore[assignment]
     schema: int = SCHEMA
     root: Path | None = None  # the folder it was read from (not serialised)
 
