@@ -220,6 +220,30 @@ def test_collapse_detected_on_broken_calibration(run_dir, tmp_path):
     assert [a.name for a in load_bundle(out).artifacts] == ["tflite-fp32"]
 
 
+def test_onnx_search_none_is_the_single_recipe(run_dir, tmp_path):
+    """``--search none`` for ONNX: the single recipe of earlier versions (QDQ, int8 activations, MinMax,
+    per-channel, the stem convolution in float, 7- or 8-bit weights by agreement with fp32 on the calibration
+    images), verified like any file, and the val split and predictions written beside it."""
+    out = tmp_path / "export"
+    result = export_model(ExportOptions(target=run_dir, out=out, int8=True, formats="onnx-fp32,onnx-int8",
+                                        calib_images=CALIB, search="none", max_drop=100))
+    assert result.exit_code == EXIT_OK, (result.failures, result.warnings)
+    art = load_bundle(out).artifact("onnx-int8")
+    r = art.recipe
+    assert (r.quantizer, r.quant_format, r.calibration, r.per_channel, r.activation_type) == (
+        "onnxruntime", "QDQ", "minmax", True, "int8")
+    assert r.weight_bits in (7, 8) and r.float_layers and r.calibration_images == art.extra["calibration_images"]
+    scores = art.extra["reduce_range_agreement_on_calibration"]
+    assert set(scores) == {"full", "reduced"} and r.weight_bits == (7 if scores["reduced"] > scores["full"] else 8)
+    assert art.search == [] and art.extra["agreement"] >= 0.85 and art.extra["val_images"] == 153
+    split = json.loads((out / "val_split.json").read_text())
+    predictions = json.loads((out / "val_predictions.json").read_text())
+    assert len(split["files"]) == len(split["labels"]) == 153 and not split["files"][0].startswith("/")
+    assert set(predictions["models"]) == {"float", "onnx-fp32", "onnx-int8"}
+    agree = np.mean(np.array(predictions["models"]["onnx-int8"]["pred"]) == predictions["models"]["float"]["pred"])
+    assert agree == pytest.approx(art.extra["agreement"], abs=1e-4)
+
+
 # --- the int8 accuracy budget -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
