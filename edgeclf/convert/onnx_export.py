@@ -34,16 +34,15 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
-import itertools
 from dataclasses import replace
 from typing import Iterator
 
 from edgeclf.contract import Artifact, Recipe, TensorSpec
-from edgeclf.errors import EdgeclfError, first_line
-from edgeclf.log import get_logger
 from edgeclf.convert.onnx_quant import (CALIBRATE_METHODS, INPUT_NAME, ONNX_FORMATS, QUANTIZER,  # noqa: F401 (API)
                                         SENSITIVITY_IMAGES, Quantizer, first_conv_names, node_label,
                                         quantize_int8, quantize_int8_auto)
+from edgeclf.errors import EdgeclfError, first_line
+from edgeclf.log import get_logger
 
 log = get_logger(__name__)
 
@@ -107,7 +106,8 @@ def ladder(job, judge, quantizer: Quantizer) -> Iterator:
     # 1. time the three int8 formats on this machine; their order is the measured one
     probes = []
     for label, fmt, act in ONNX_FORMATS:
-        recipe = Recipe(QUANTIZER, label, methods[0], n, weights[0], per_channel, 8, (), act)
+        recipe = Recipe(QUANTIZER, quant_format=label, calibration=methods[0], calibration_images=n,
+                        weight_bits=weights[0], per_channel=per_channel, activation_type=act)
         trial, _ = judge.measure(candidate(recipe, 0))
         probes.append((trial.p50_ms if trial.p50_ms is not None else float("inf"), recipe))
     probes.sort(key=lambda pr: pr[0])
@@ -171,10 +171,13 @@ def qat_candidate(job) -> tuple[bytes, Recipe]:
         return proto.SerializeToString(), act
 
     data, act = job.cached("qat-onnx", make)
-    return data, Recipe("tfmot-qat", "QDQ", "minmax", len(job.calibration()), 8, True, 8, (), act)
+    return data, Recipe("tfmot-qat", quant_format="QDQ", calibration_images=len(job.calibration()), activation_type=act)
 
 
 def export(fmt, job) -> Artifact:
+    import onnx
+
+    from edgeclf.convert.int8 import make_int8
     from edgeclf.convert.metadata import onnx_metadata_props
 
     h, w = job.bundle.input.height, job.bundle.input.width
@@ -184,55 +187,46 @@ def export(fmt, job) -> Artifact:
     if fmt.precision == "fp32":
         proto = fp32
         artifact.extra["opset"] = job.options.opset
-    elif fmt.precision == "int8" and job.options.search == "none" and job.options.qat:
-        import onnx
-
-        data, artifact.recipe = qat_candidate(job)
-        proto = onnx.load_from_string(data)
-        artifact.extra.update({"opset": _opset(proto), "calibration_images": artifact.recipe.calibration_images,
-                               "qat": job.qat_info})
-    elif fmt.precision == "int8" and job.options.search == "none":
-        import onnx
-
-        calib = job.calibration()
-        rr = job.options.onnx_reduce_range
-        per_channel = job.options.onnx_per_channel is not False
-        method = job.options.onnx_calibrate or "minmax"
-        if rr is None:
-            proto, rr, scores = quantize_int8_auto(fp32, calib, per_channel, method, job.out_dir)
-            artifact.extra["reduce_range_agreement_on_calibration"] = scores
-        else:
-            proto = quantize_int8(onnx.ModelProto.FromString(fp32.SerializeToString()), calib,
-                                  per_channel=per_channel, method=method, reduce_range=rr, work_dir=job.out_dir)
-        stem = tuple(first_conv_names(proto))
-        artifact.recipe = Recipe(QUANTIZER, "QDQ", method, len(calib), 7 if rr else 8, per_channel, 8, stem, "int8")
-        artifact.extra.update({"opset": job.options.opset, "calibration_images": len(calib)})
     elif fmt.precision == "int8":
-        import onnx
+        quantizers = []
 
-        from edgeclf.convert.search import Candidate
+        def ladder_(judge):
+            quantizers.append(Quantizer(fp32, job.calibration(), job.out_dir))
+            return ladder(job, judge, quantizers[0])
 
-        log.info("searching the fastest onnx-int8 within %.2f pt on %d selection images", job.options.max_drop,
-                 len(job.selection()))
-        quantizer = Quantizer(fp32, job.calibration(), job.out_dir)
         try:
-            judge = job.judge(fmt)
-            steps = ladder(job, judge, quantizer)
-            if job.options.qat:  # the QAT model first: what the user asked for
-                data, recipe = qat_candidate(job)
-                steps = itertools.chain([Candidate(recipe, lambda: data, tier=0,
-                                                   note="the QAT TFLite model, converted")], steps)
-            result = job.search(fmt, judge, steps)
+            model = make_int8(fmt, job, lambda: _single(job, fp32), ladder_, lambda: qat_candidate(job),
+                              "the QAT TFLite model, converted")
         finally:
-            quantizer.close()
-        proto = onnx.load_from_string(result.data)
-        artifact.recipe, artifact.search = result.recipe, [t.to_dict() for t in result.trials]
-        if result.recipe.quantizer == "tfmot-qat":
-            artifact.extra["qat"] = job.qat_info
-        artifact.extra.update({"opset": _opset(proto), "calibration_images": result.recipe.calibration_images,
-                               **result.selection_record()})
+            for q in quantizers:
+                q.close()
+        proto = onnx.load_from_string(model.data)
+        artifact.recipe, artifact.search = model.recipe, [t.to_dict() for t in model.trials]
+        artifact.extra.update({"opset": _opset(proto), **model.extra})
     else:
         raise ValueError(f"unknown ONNX precision {fmt.precision!r}")
     _set_metadata(proto, onnx_metadata_props(job.bundle, artifact))
     job.write_model(fmt.file, _serialize_checked(proto))
     return artifact
+
+
+def _single(job, fp32) -> tuple[bytes, Recipe, dict]:
+    """``--search none``: QDQ S8S8, the stem convolution in float, 7- or 8-bit weights by agreement with fp32 on
+    the calibration images unless --onnx-reduce-range/--onnx-full-range says which."""
+    import onnx
+
+    calib = job.calibration()
+    rr = job.options.onnx_reduce_range
+    per_channel = job.options.onnx_per_channel is not False
+    method = job.options.onnx_calibrate or "minmax"
+    extra = {}
+    if rr is None:
+        proto, rr, scores = quantize_int8_auto(fp32, calib, per_channel, method, job.out_dir)
+        extra["reduce_range_agreement_on_calibration"] = scores
+    else:
+        proto = quantize_int8(onnx.ModelProto.FromString(fp32.SerializeToString()), calib,
+                              per_channel=per_channel, method=method, reduce_range=rr, work_dir=job.out_dir)
+    stem = tuple(first_conv_names(proto))
+    recipe = Recipe(QUANTIZER, quant_format="QDQ", calibration=method, calibration_images=len(calib),
+                    weight_bits=7 if rr else 8, per_channel=per_channel, float_layers=stem)
+    return proto.SerializeToString(), recipe, extra

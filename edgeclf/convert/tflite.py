@@ -271,7 +271,7 @@ def ladder(job, judge) -> Iterator:
     keras_model, io = job.keras_model(), job.options.io
     calib = job.calibration()
     calibrated = {len(calib): calibrate(keras_model, calib)}
-    base = Recipe(QUANTIZER, None, "minmax", len(calib), 8, True, 8, ())
+    base = Recipe(QUANTIZER, calibration_images=len(calib))
     bigger = job.larger_calibration(CALIBRATION_GROWTH)
     sizes = [len(calib)] + ([len(bigger)] if bigger is not None else [])
 
@@ -318,46 +318,33 @@ def qat_candidate(job) -> tuple[bytes, Recipe]:
     """``--qat``: the quantization-aware-trained int8 model (trained once: onnx-int8 is converted from it)."""
     from edgeclf.convert import qat
 
-    return qat.qat_tflite(job), Recipe("tfmot-qat", None, "minmax", len(job.calibration()), 8, True, 8, ())
+    return qat.qat_tflite(job), Recipe("tfmot-qat", calibration_images=len(job.calibration()))
 
 
 def export(fmt, job) -> Artifact:
     from edgeclf.convert import metadata
+    from edgeclf.convert.int8 import make_int8
 
-    recipe, trials = None, []
+    model = None
     if fmt.precision == "fp32":
         data = job.float_tflite()
     elif fmt.precision != "int8":
         data = convert(job.keras_model(), fmt.precision)
-    elif job.options.qat and job.options.search == "none":
-        data, recipe = qat_candidate(job)
-    elif job.options.search == "none":
-        calib = job.calibration()
-        data = convert(job.keras_model(), "int8", calib, io=job.options.io)
-        recipe = Recipe(QUANTIZER, None, "minmax", len(calib), 8, True, 8, ())
     else:
-        log.info("searching the fastest tflite-int8 within %.2f pt on %d selection images", job.options.max_drop,
-                 len(job.selection()))
-        judge = job.judge(fmt)
-        steps = ladder(job, judge)
-        if job.options.qat:  # the QAT model first: what the user asked for; the ladder follows if it is over budget
-            import itertools
+        def single():
+            calib = job.calibration()
+            return (convert(job.keras_model(), "int8", calib, io=job.options.io),
+                    Recipe(QUANTIZER, calibration_images=len(calib)), {})
 
-            from edgeclf.convert.search import Candidate
-
-            data, recipe = qat_candidate(job)
-            steps = itertools.chain([Candidate(recipe, lambda d=data: d, tier=0, note="the QAT model")], steps)
-        result = job.search(fmt, judge, steps)
-        data, recipe, trials = result.data, result.recipe, result.trials
+        model = make_int8(fmt, job, single, lambda judge: ladder(job, judge), lambda: qat_candidate(job),
+                          "the QAT model")
+        data = model.data
     inp, out = io_specs(data)
     artifact = Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision, input=inp, output=out,
-                        recipe=recipe, search=[t.to_dict() for t in trials])
-    if fmt.precision == "int8":
-        artifact.extra["calibration_images"] = recipe.calibration_images
-        if fmt.name in job.searches:
-            artifact.extra.update(job.searches[fmt.name].selection_record())
-        if job.qat_info is not None and recipe.quantizer == "tfmot-qat":
-            artifact.extra["qat"] = job.qat_info
+                        recipe=model.recipe if model else None,
+                        search=[t.to_dict() for t in model.trials] if model else [])
+    if model is not None:
+        artifact.extra.update(model.extra)
     data = metadata.add_tflite_metadata(data, job.bundle, artifact)
     job.write_model(fmt.file, data)
     return artifact

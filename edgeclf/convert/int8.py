@@ -1,0 +1,56 @@
+"""One int8 path for every format: what ``--search`` and ``--qat`` mean is decided here once, and a format
+module only says how it makes its single recipe, its ladder and its QAT model.
+
+- ``--search none``: the format's single recipe (with ``--qat``: the quantization-aware-trained model);
+- otherwise the search (:mod:`edgeclf.convert.search`) walks the format's ladder, the QAT model first when
+  ``--qat`` asked for it (the ladder follows only if it is over budget).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from edgeclf.contract import Recipe
+from edgeclf.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Int8Model:
+    """The int8 file a format writes, how it was made, every candidate tried, and what to record about it."""
+
+    data: bytes
+    recipe: Recipe
+    trials: list = field(default_factory=list)  # search.Trial, in the order measured
+    extra: dict = field(default_factory=dict)  # for Artifact.extra
+
+
+def make_int8(fmt, job, single: Callable[[], tuple[bytes, Recipe, dict]], ladder: Callable[[object], Iterator],
+              qat: Callable[[], tuple[bytes, Recipe]], qat_note: str) -> Int8Model:
+    """``single()``: the format's one recipe (data, recipe, extra); ``ladder(judge)``: its candidates, fastest
+    expected first; ``qat()``: the QAT model and its recipe (trained once per export, shared by the formats)."""
+    from edgeclf.convert.search import Candidate
+
+    opts = job.options
+    if opts.search == "none":
+        if opts.qat:
+            data, recipe = qat()
+            model = Int8Model(data, recipe)
+        else:
+            model = Int8Model(*single())
+    else:
+        log.info("searching the fastest %s within %.2f pt on %d selection images", fmt.name, opts.max_drop,
+                 len(job.selection()))
+        judge = job.judge(fmt)
+        steps = ladder(judge)
+        if opts.qat:  # what the user asked for comes first
+            data, recipe = qat()
+            steps = itertools.chain([Candidate(recipe, lambda d=data: d, tier=0, note=qat_note)], steps)
+        result = job.search(fmt, judge, steps)
+        model = Int8Model(result.data, result.recipe, list(result.trials), dict(result.selection_record()))
+    model.extra["calibration_images"] = model.recipe.calibration_images
+    if model.recipe.quantizer == "tfmot-qat" and job.qat_info is not None:
+        model.extra["qat"] = job.qat_info
+    return model
