@@ -52,7 +52,6 @@ class ExportJob:
                  keras_model, warn: Callable[[str], None]):
         self.source, self.options, self.bundle, self.out_dir = source, options, bundle, out_dir
         self._keras = keras_model
-        self.qat_info: dict | None = None  # set by --qat
         self.searches: dict = {}  # format name -> SearchResult
         self._calib = options.calibration
         self._selection: SelectionSet | None = None

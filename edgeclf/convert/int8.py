@@ -51,6 +51,8 @@ def make_int8(fmt, job, single: Callable[[], tuple[bytes, Recipe, dict]], ladder
         result = job.search(fmt, judge, steps)
         model = Int8Model(result.data, result.recipe, list(result.trials), dict(result.selection_record()))
     model.extra["calibration_images"] = model.recipe.calibration_images
-    if model.recipe.quantizer == "tfmot-qat" and job.qat_info is not None:
-        model.extra["qat"] = job.qat_info
+    if model.recipe.quantizer == "tfmot-qat":
+        from edgeclf.convert.qat import qat_model
+
+        model.extra["qat"] = qat_model(job)[1]  # trained once, cached
     return model

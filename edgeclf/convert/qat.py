@@ -44,13 +44,17 @@ def _backbone_name(job) -> str:
     return name
 
 
+def qat_model(job) -> tuple[bytes, dict]:
+    """Fine-tune with fake quantization in a tf_keras subprocess: the int8 TFLite bytes and how the training
+    went (once per export: the TFLite and the ONNX int8 artifacts share them)."""
+    return job.cached("qat", lambda: _qat_tflite(job))
+
+
 def qat_tflite(job) -> bytes:
-    """Fine-tune with fake quantization in a tf_keras subprocess; return the int8 TFLite bytes (once per
-    export: the TFLite and the ONNX int8 artifacts share them)."""
-    return job.cached("qat-tflite", lambda: _qat_tflite(job))
+    return qat_model(job)[0]
 
 
-def _qat_tflite(job) -> bytes:
+def _qat_tflite(job) -> tuple[bytes, dict]:
     model = job.keras_model()
     name = _backbone_name(job)
     backbone = BACKBONES[name]
@@ -90,5 +94,4 @@ def _qat_tflite(job) -> bytes:
         trained = f"train accuracy {acc:.1%}" if acc == acc else "ranges only, no fine-tuning"  # NaN: 0 epochs
         log.info(f"QAT: done in {info['seconds']:.0f}s ({trained}, "
                       f"tf_keras rebuild max |dp| {info['rebuild_max_abs_diff']:.1e})")
-        job.qat_info = info
-        return (tmp / "model_int8.tflite").read_bytes()
+        return (tmp / "model_int8.tflite").read_bytes(), info
