@@ -30,16 +30,37 @@ def sh(cmd: list[str]) -> None:
         raise SystemExit(f"{' '.join(cmd[:5])} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
+def judge(folder: Path, max_latency: float) -> subprocess.CompletedProcess:
+    """The budget judged again on the finished sweep (nothing is redone)."""
+    return subprocess.run([sys.executable, "-m", "edgeclf", "sweep", "--resume", str(folder), "--max-latency",
+                           str(max_latency)], text=True, capture_output=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def choice_lines(output: str) -> str:
+    keep = ("choice ", "deploy:", "  edgeclf run ", "failed:")
+    return "\n".join(ln for ln in output.splitlines() if ln.startswith(keep) or "nothing meets" in ln)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO.parent / "shared/data/flower_photos"))
-    ap.add_argument("--max-latency", type=float, default=2.0, help="the budget judged at the end, ms")
+    ap.add_argument("--max-latency", type=float, default=1.0, help="the budget judged at the end, ms")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/sweep_flowers")
     ap.add_argument("--project", default=str(REPO / "runs/sweep"))
     ap.add_argument("--name", default="flowers")
     ap.add_argument("--resume", default=None)
     ap.add_argument("--no-arm", action="store_true")
+    ap.add_argument("--judge-only", action="store_true",
+                    help="judge the recorded sweep again with --max-latency and write OUT.md (no sweep is run)")
     args = ap.parse_args()
+    if args.judge_only:
+        record = json.loads(args.out.with_suffix(".json").read_text())
+        folder = Path(record["sweep_folder"])
+        judged = judge(folder, args.max_latency)
+        record.update(judged_exit=judged.returncode, judged_output=judged.stdout[-6000:], max_latency=args.max_latency,
+                      sweep=json.loads((folder / "sweep.json").read_text()))
+        write(record, folder, args.out)
+        return 0
     from edgeclf.bench.fingerprint import fingerprint
 
     arm = not args.no_arm and os.geteuid() == 0
@@ -68,9 +89,7 @@ def main() -> int:
         folder = Path(args.resume) if args.resume else next(
             line.split(": ", 1)[1].strip() for line in proc.stdout.splitlines() if line.startswith("sweep folder: "))
         folder = Path(folder)
-        judged = subprocess.run([sys.executable, "-m", "edgeclf", "sweep", "--resume", str(folder), "--max-latency",
-                                 str(args.max_latency)], text=True, capture_output=True,
-                                env={**os.environ, "COLUMNS": "200"})
+        judged = judge(folder, args.max_latency)
     finally:
         for name in devices.values():
             subprocess.run(["bash", str(REPO / "scripts/arm-device.sh"), "stop", "--name", name], capture_output=True)
@@ -85,31 +104,38 @@ def main() -> int:
     record = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine, "command": "edgeclf " + " ".join(cmd),
               "sweep_folder": str(folder), "sweep_wall_s": round(sweep_s, 1), "devices_start_s": round(start_s, 1),
               "scan_s": sweep.get("scan_seconds"), "totals_s": totals, "judged_exit": judged.returncode,
-              "judged_output": judged.stdout[-3000:], "remote_bench_args": REMOTE_ARGS if devices else None}
-    args.out.with_suffix(".json").write_text(json.dumps({**record, "sweep": sweep}, indent=1))
-    md = (folder / "sweep.md").read_text()
+              "judged_output": judged.stdout[-6000:], "max_latency": args.max_latency,
+              "remote_bench_args": REMOTE_ARGS if devices else None, "sweep": sweep}
+    write(record, folder, args.out)
+    return 0
+
+
+def write(record: dict, folder: Path, out: Path) -> None:
+    import shutil
+
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    totals, sweep_s = record["totals_s"], record["sweep_wall_s"]
     head = ["# The flowers sweep, measured", "",
             f"Measured by `benchmarks/sweep_flowers.py` on {record['created']}: `{record['command']}`, then "
-            f"`edgeclf sweep --resume {folder.name} --max-latency {args.max_latency:g}`.", "",
-            f"Machine: {machine}.", "",
+            f"`edgeclf sweep --resume {folder.name} --max-latency {record['max_latency']:g}`.", "",
+            f"Machine: {record['machine']}.", "",
             f"Wall time of the sweep: **{sweep_s / 60:.1f} min** on 2 cores (the scan {record['scan_s']} s; "
             f"caching {totals['caching'] / 60:.1f} min, training {totals['training'] / 60:.1f} min, export "
             f"{totals['export'] / 60:.1f} min, bench here {totals['bench'] / 60:.1f} min, bench on the emulated "
-            f"boards {totals['remote'] / 60:.1f} min); starting the boards {start_s:.0f} s.", ""]
-    if devices:
-        head += [f"Emulated boards (QEMU user mode): {', '.join(CPUS.values())}, benched with `{REMOTE_ARGS}`: "
-                 "their top-1 is the ARM kernels' answer on those images; their latency and RAM in the tables are "
-                 "this machine's (an emulator's timing is not a board's).", ""]
-    head += ["The budget judged again on the finished sweep:", "", "```", judged.stdout.strip()[-2500:], "```", "",
+            f"boards {totals['remote'] / 60:.1f} min); starting the boards {record['devices_start_s']:.0f} s.", ""]
+    if record.get("remote_bench_args"):
+        head += [f"Emulated boards (QEMU user mode): {', '.join(CPUS.values())}, benched with "
+                 f"`{record['remote_bench_args']}`: their top-1 is the ARM kernels' answer on those images; their "
+                 "latency and RAM in the tables are this machine's (an emulator's timing is not a board's).", ""]
+    head += [f"The budget judged again on the finished sweep (`--max-latency {record['max_latency']:g}`, exit "
+             f"{record['judged_exit']}):", "", "```", choice_lines(record["judged_output"]), "```", "",
              "The sweep's own report follows.", ""]
-    import shutil
-
     for png in folder.glob("sweep-*.png"):  # beside the record, named after it
-        shutil.copyfile(png, args.out.parent / f"{args.out.name}-{png.stem[len('sweep-'):]}.png")
+        shutil.copyfile(png, out.parent / f"{out.name}-{png.stem[len('sweep-'):]}.png")
+    md = (folder / "sweep.md").read_text()
     body = md.replace("# edgeclf sweep", "## edgeclf sweep", 1).replace("\n## ", "\n### ")
-    args.out.with_suffix(".md").write_text("\n".join(head) + "\n" + body.replace("](sweep-", f"]({args.out.name}-"))
-    print(f"wrote {args.out.with_suffix('.md')}")
-    return 0
+    out.with_suffix(".md").write_text("\n".join(head) + "\n" + body.replace("](sweep-", f"]({out.name}-"))
+    print(f"wrote {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

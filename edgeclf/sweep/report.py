@@ -88,8 +88,9 @@ def to_markdown(result) -> str:
     for name, parts in result.cost.items():
         lines.append(f"| {name} | " + " | ".join(_f(parts.get(k), ".0f") for k in result.cost_columns)
                      + f" | {sum(v for v in parts.values() if v):.0f} |")
-    lines += ["", f"Scan (once): {_f(result.scan_seconds, '.0f')} s. Whole sweep: {result.seconds:.0f} s of wall "
-                  f"time in this invocation.", ""]
+    spent = sum(v for parts in result.cost.values() for v in parts.values() if v)
+    lines += ["", f"Scan (once): {_f(result.scan_seconds, '.0f')} s. Every stage together: {spent / 60:.1f} min "
+                  f"(all invocations; this one took {result.seconds:.0f} s).", ""]
     return "\n".join(lines)
 
 
@@ -112,11 +113,13 @@ def plot(result, dev: str, path: Path) -> bool:
             ax.scatter(r[key], r["top1"] * 100, s=60 if r.get("pareto") else 25,
                        marker="*" if id(r) in chosen else ("o" if r.get("pareto") else "."),
                        color="tab:red" if id(r) in chosen else ("tab:blue" if r.get("pareto") else "grey"))
-            ax.annotate(f"{r['candidate']} {r['format']}", (r[key], r["top1"] * 100), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
+            if r.get("pareto") or id(r) in chosen:  # the rest stay unnamed: a sweep has tens of points
+                ax.annotate(f"{r['candidate']} {r['format']}", (r[key], r["top1"] * 100), fontsize=6,
+                            xytext=(3, 2), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("validation top-1, %")
+        ax.set_title("front named; grey: the other models", fontsize=8)
         ax.grid(alpha=0.3)
     front = sorted((r for r in mine if r.get("pareto")), key=lambda r: r["p50_ms"])
     axes[0].plot([r["p50_ms"] for r in front], [r["top1"] * 100 for r in front], color="tab:blue", linewidth=1,
