@@ -39,7 +39,8 @@ def make_int8(fmt, job, single: Callable[[], tuple[bytes, Recipe, dict]], ladder
             data, recipe = qat()
             model = Int8Model(data, recipe)
         else:
-            model = Int8Model(*single())
+            data, recipe, extra = single()
+            model = Int8Model(data, recipe, extra=extra)
     else:
         log.info("searching the fastest %s within %.2f pt on %d selection images", fmt.name, opts.max_drop,
                  len(job.selection()))
