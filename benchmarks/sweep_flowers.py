@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -134,7 +135,13 @@ def write(record: dict, folder: Path, out: Path) -> None:
         shutil.copyfile(png, out.parent / f"{out.name}-{png.stem[len('sweep-'):]}.png")
     md = (folder / "sweep.md").read_text()
     body = md.replace("# edgeclf sweep", "## edgeclf sweep", 1).replace("\n## ", "\n### ")
-    out.with_suffix(".md").write_text("\n".join(head) + "\n" + body.replace("](sweep-", f"]({out.name}-"))
+    text = "\n".join(head) + "\n" + body.replace("](sweep-", f"]({out.name}-")
+    old = out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else ""
+    if "\n## Reading" in old:  # the hand-written reading of an earlier render stays
+        text = text.rstrip() + "\n\n## Reading" + old.split("\n## Reading", 1)[1]
+    # paths relative to the checkout, the data sets as ../shared/data beside it
+    text = re.sub(r"/\S*?/shared/data/", "../shared/data/", text.replace(f"{REPO}/", ""))
+    out.with_suffix(".md").write_text(text)
     print(f"wrote {out.with_suffix('.md')}")
 
 
