@@ -51,6 +51,24 @@ def write_text(target: str | Path, text: str) -> Path:
     return write_bytes(target, text.encode("utf-8"))
 
 
+def read_json_dict(path: str | Path) -> dict:
+    """A JSON object from ``path``; ``{}`` when the file is missing, unreadable or not an object."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def free_dir(project: str | Path, name: str) -> Path:
+    """``project/name``, or ``name2``, ``name3``... when taken (as Ultralytics users know); not created."""
+    project = Path(project)
+    candidate, n = project / name, 2
+    while candidate.exists():
+        candidate, n = project / f"{name}{n}", n + 1
+    return candidate
+
+
 def write_json(target: str | Path, obj) -> Path:
     return write_text(target, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

@@ -76,10 +76,9 @@ def split_root(run_dir: Path) -> Path | None:
 
 def new_run_dir(project: str | Path, name: str) -> Path:
     """``project/name``, or ``name2``, ``name3``… when taken (as Ultralytics users know)."""
-    project = Path(project)
-    candidate, n = project / name, 2
-    while candidate.exists():
-        candidate, n = project / f"{name}{n}", n + 1
+    from edgeclf import fsutil
+
+    candidate = fsutil.free_dir(project, name)
     (candidate / "weights").mkdir(parents=True)
     return candidate
 
@@ -106,7 +105,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
     return RunInfo(run_dir, cfg, classes, cfg.imgsz or get_backbone(cfg.model).size)
 
 
-def write_predictions(run_dir: Path, samples: list, root: Path, probs) -> Path:
+def write_predictions(run_dir: Path, samples: list, root: Path, probs, classes: list[str]) -> Path:
     """``val_predictions.csv``: one row per validation image, in the split's order: its path relative to the
     data folder, true and predicted class, the predicted class's score and the true class's."""
     import csv
@@ -115,7 +114,6 @@ def write_predictions(run_dir: Path, samples: list, root: Path, probs) -> Path:
 
     from edgeclf import fsutil
 
-    classes = json.loads((Path(run_dir) / SPLIT).read_text(encoding="utf-8"))["classes"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(PREDICTION_FIELDS)

@@ -31,9 +31,10 @@ from edgeclf.bench.remote import RemoteDevice, RemoteError, parse_host, unexpand
 from edgeclf.bench.rows import (DEFAULT_LOG, DEFAULT_PROJECT, EXIT_BELOW, EXIT_OK, LOCAL,  # noqa: F401 (API)
                                 BenchOptions, BenchResult, BenchRow)
 from edgeclf.bench.valset import ExportInfo, decode_val, load_exports
+from edgeclf import fsutil
 from edgeclf.contract import Artifact
-from edgeclf.runtime.backends import AUTO_ORDER, BACKENDS
 from edgeclf.errors import EdgeclfError
+from edgeclf.runtime.backends import AUTO_ORDER, BACKENDS
 from edgeclf.log import get_logger
 from edgeclf.status import Status
 
@@ -73,14 +74,6 @@ def parse_backends(text: str | None) -> list[str] | None:
     if bad:
         raise EdgeclfError(f"--backends: unknown backend {bad[0]!r}; choose from {', '.join(BACKEND_CHOICES)}")
     return list(dict.fromkeys(names))
-
-
-def free_dir(project: Path, name: str = "exp") -> Path:
-    """``project/name``, or ``name2``, ``name3`` ... when taken."""
-    candidate, n = project / name, 2
-    while candidate.exists():
-        candidate, n = project / f"{name}{n}", n + 1
-    return candidate
 
 
 def _check_options(o: BenchOptions) -> None:
@@ -345,7 +338,7 @@ def run_bench(options: BenchOptions) -> BenchResult:
     if unknown:
         raise EdgeclfError(f"--formats {unknown[0]}: no such model in the export folders "
                            f"(there: {', '.join(sorted(names))})")
-    out_dir = Path(options.out) if options.out else free_dir(DEFAULT_PROJECT)
+    out_dir = Path(options.out) if options.out else fsutil.free_dir(DEFAULT_PROJECT, "exp")
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeclfError(f"--out {out_dir}: exists and is not a folder")
     for device in remotes:  # every device answers before anything is measured

@@ -2,22 +2,13 @@
 ``edgeclf report RUN`` rebuilds the same page anywhere those files are. Each returns (id, title, body HTML)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from edgeclf import rundir
+from edgeclf import fsutil, rundir
 from edgeclf.page import thumbs
 from edgeclf.page.html import esc, figure, image, paragraph, table
 
 MAX_THUMBS = 120  # per gallery: the page stays light on a big data set (about 4 KB a thumbnail)
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
 
 
 def training(run_dir: Path, rep: dict | None) -> tuple[str, str, str]:
@@ -47,7 +38,7 @@ def per_class(run_dir: Path, rep: dict | None) -> tuple[str, str, str]:
 
 
 def data(run_dir: Path) -> tuple[str, str, str]:
-    d = _json(run_dir / rundir.DATA_REPORT)
+    d = fsutil.read_json_dict(run_dir / rundir.DATA_REPORT)
     if not d:
         return "data", "Data", paragraph("no data_report.json", "muted")
     splits = list(d.get("counts", {}))
@@ -121,7 +112,7 @@ def exports(folders: list[Path]) -> tuple[str, str, str]:
     """Each export folder's formats table with the int8 recipes and the search trace."""
     body = []
     for folder in folders:
-        d = _json(folder / "edgeclf.json")
+        d = fsutil.read_json_dict(folder / "edgeclf.json")
         if not d:
             continue
         ref = (d.get("source") or {}).get("reference") or {}
@@ -160,7 +151,7 @@ def disagreements(folders: list[Path]) -> tuple[str, str, str]:
     """Per int8 model, the validation images where its answer differs from the float reference's."""
     body, cache = [], {}
     for folder in folders:
-        p = _json(folder / "val_predictions.json")
+        p = fsutil.read_json_dict(folder / "val_predictions.json")
         if not p or "float" not in p.get("models", {}):
             continue
         classes, images, labels = p["classes"], p["images"], p["labels"]
@@ -197,7 +188,7 @@ def bench(folders: list[Path]) -> tuple[str, str, str]:
     """Each bench folder's table per device, its notes and its plot."""
     body = []
     for folder in folders:
-        d = _json(folder / "bench.json")
+        d = fsutil.read_json_dict(folder / "bench.json")
         if not d:
             continue
         s, m = d.get("settings") or {}, d.get("machine") or {}

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeclf import fsutil
 from edgeclf.errors import EdgeclfError
 from edgeclf.log import get_logger
 from edgeclf.sweep import judge
@@ -75,7 +76,7 @@ def _cost(cands, state: SweepState) -> dict[str, dict[str, float]]:
     out = {}
     for c in cands:
         secs = state.candidate(c.name)["seconds"]
-        rep = judge._json(c.run / "report.json")
+        rep = fsutil.read_json_dict(c.run / "report.json")
         caching = _caching_seconds(rep) if secs.get("train") is not None else None
         out[c.name] = {"caching": caching,
                        "training": (secs["train"] - (caching or 0.0)) if secs.get("train") is not None else None,
@@ -98,7 +99,7 @@ def _done_line(c, state: SweepState, i: int, n: int) -> str:
     spent = ", ".join(f"{k} {secs[k]:.0f}s" for k in STAGES if secs.get(k) is not None) or "nothing redone"
     if info.get("error"):
         return f"[{i}/{n}] {c.name}: failed at {info.get('failed_stage')}: {info['error']}"
-    rep = judge._json(c.run / "report.json")
+    rep = fsutil.read_json_dict(c.run / "report.json")
     rows = [r for r in judge.collect([c], state.data) if r["status"] == "ok" and r["device"] == "local"]
     best = max(rows, key=lambda r: (r.get("top1") or 0, -(r.get("p50_ms") or 0)), default=None)
     fast = f"; best here {best['format']} {best['top1']:.2%} at p50 {best['p50_ms']:.2f} ms" if best and \

@@ -2,21 +2,13 @@
 the accuracy/latency front per device, and the choice under a budget."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from edgeclf import fsutil
 from edgeclf.sweep.runner import Candidate
 
 LIMIT_LABELS = {"max_latency": ("p50 upper", "ms", "p50_hi_ms"), "max_size": ("size", "MB", "size_mb"),
                 "max_ram": ("RAM", "MiB", "ram_mib")}
-
-
-def _json(path) -> dict:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
 
 
 def collect(cands: list[Candidate], state: dict) -> list[dict]:
@@ -25,15 +17,15 @@ def collect(cands: list[Candidate], state: dict) -> list[dict]:
     rows = []
     for c in cands:
         info = state.get("candidates", {}).get(c.name, {})
-        float_top1 = _json(c.run / "report.json").get("top1")
+        float_top1 = fsutil.read_json_dict(c.run / "report.json").get("top1")
         base = {"candidate": c.name, "model": c.model, "imgsz": c.imgsz, "float_val_top1": float_top1,
                 "export_dir": str(c.export)}
-        bench = _json(c.bench / "bench.json")
+        bench = fsutil.read_json_dict(c.bench / "bench.json")
         if info.get("error") or not bench:
             rows.append({**base, "device": "-", "format": "-", "backend": "-", "status": "failed",
                          "reason": info.get("error") or "not finished (run again with --resume)"})
             continue
-        measured = bench.get("rows", []) + _json(c.bench_remote / "bench.json").get("rows", [])
+        measured = bench.get("rows", []) + fsutil.read_json_dict(c.bench_remote / "bench.json").get("rows", [])
         local = {(r["format"], r["backend"]): r for r in measured if not r.get("emulated") and r["device"] == "local"}
         for r in measured:
             row = {**base, "device": r["device"], "emulated": bool(r.get("emulated")), "format": r["format"],

@@ -68,10 +68,7 @@ class SweepState:
 
     def __init__(self, folder: Path):
         self.path = folder / STATE
-        try:
-            self.data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            self.data = {}
+        self.data = fsutil.read_json_dict(self.path)
         self.data.setdefault("candidates", {})
 
     def candidate(self, name: str) -> dict:
@@ -82,12 +79,9 @@ class SweepState:
 
 
 def new_sweep_folder(project: str | Path, name: str) -> Path:
-    project = Path(project)
-    candidate, n = project / name, 2
-    while candidate.exists():
-        candidate, n = project / f"{name}{n}", n + 1
-    candidate.mkdir(parents=True)
-    return candidate
+    folder = fsutil.free_dir(project, name)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def scan_once(opts: SweepOptions, folder: Path, state: SweepState) -> None:

@@ -387,7 +387,7 @@ class _Session:
         if not self.cluster.is_chief:
             return
         fsutil.write_json(run_dir / rundir.REPORT, rep)
-        rundir.write_predictions(run_dir, self.ds.val, self.ds.root, self.val_probs)
+        rundir.write_predictions(run_dir, self.ds.val, self.ds.root, self.val_probs, self.ds.classes)
         cm = np.array(rep["confusion_matrix"])
         reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix.png", normalize=False)
         reporting.plot_confusion(cm, self.ds.classes, run_dir / "confusion_matrix_normalized.png", normalize=True)
