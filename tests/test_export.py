@@ -327,14 +327,14 @@ def test_strict_and_search_options_reach_the_exporter(monkeypatch, tmp_path):
 def test_selection_images_are_disjoint_from_calibration_and_validation(run_dir, tmp_path):
     """The search judges on the images the run held out of training; for a run without them (trained before
     --holdout, or with --holdout 0), on training images that are not calibration images."""
-    from edgeclf.convert.exporter import ExportJob
+    from edgeclf.convert.exporter import ExportContext
     from edgeclf.convert.source import resolve_source
     from edgeclf.contract import Bundle, InputSpec
 
     def job_for(run):
         source = resolve_source(run)
         opts = ExportOptions(target=run, out=tmp_path, int8=True, calib_images=CALIB)
-        return source, ExportJob(source, opts, Bundle(source.classes, InputSpec(IMGSZ, IMGSZ)), tmp_path, None,
+        return source, ExportContext(source, opts, Bundle(source.classes, InputSpec(IMGSZ, IMGSZ)), tmp_path, None,
                                  lambda m: None)
 
     source, job = job_for(run_dir)
@@ -394,12 +394,12 @@ def test_bias_correction_moves_only_biases_and_converges(run_dir, tmp_path):
     less than the first (the first removed the error it measures: a wrong sign or scale would not)."""
     from edgeclf.contract import Bundle, InputSpec, Recipe
     from edgeclf.convert import biascorr, onnx_export, tflite
-    from edgeclf.convert.exporter import ExportJob, load_keras
+    from edgeclf.convert.exporter import ExportContext, load_keras
     from edgeclf.convert.source import resolve_source
 
     source = resolve_source(run_dir)
     model = load_keras(source.model_path)
-    job = ExportJob(source, ExportOptions(target=run_dir, out=tmp_path, int8=True, calib_images=CALIB),
+    job = ExportContext(source, ExportOptions(target=run_dir, out=tmp_path, int8=True, calib_images=CALIB),
                     Bundle(source.classes, InputSpec(IMGSZ, IMGSZ)), tmp_path, model, lambda m: None)
     images = job.calibration().images
     calibrated = tflite.calibrate(model, job.calibration())

@@ -9,6 +9,7 @@ import pytest
 
 from edgeclf.contract import Artifact, Bundle, InputSpec, Recipe
 from edgeclf.convert import search, verify
+from edgeclf.errors import EdgeclfError
 
 _REAL_RUN = search.Judge._run  # before the fixture replaces it
 N = 100
@@ -103,7 +104,7 @@ def test_nothing_within_budget_keeps_the_most_accurate_and_never_a_collapsed_one
 
 def test_every_candidate_failing_is_no_model(judge):
     def broken():
-        raise search.EdgeclfError("converter says no")
+        raise EdgeclfError("converter says no")
 
     result = search.run_search(judge, [search.Candidate(Recipe("test", "X"), broken)])
     assert result.data is None and result.trials[0].outcome == "failed" and "converter says no" in result.trials[0].note
@@ -145,6 +146,69 @@ def test_fallback_ranks_groups_and_reranks_after_the_helpful_ones(judge):
     assert result.within_budget and result.recipe.float_layers == ("g1", "g2")
 
 
+class FakeQuantizer:
+    """A format's quantizer for the generic ladder: two families; a recipe's predictions are looked up by
+    its label, with the groups kept in float; the first family's second recipe is timed ahead (as ONNX times
+    its formats) before the ladder places it."""
+
+    wide_note = "16-bit"
+
+    def __init__(self, judge, broken: set[str], fixed_by: str | None = None):
+        self.judge, self.broken, self.fixed_by, self.built = judge, broken, fixed_by, []
+
+    def families(self, judge):
+        a, a7 = Recipe("fake", "A"), Recipe("fake", "A", weight_bits=7)
+        b = Recipe("fake", "B")
+        judge.measure(search.Candidate(b, lambda: self.quantize(b), tier=0))  # timed ahead, tier unknown yet
+        return [search.Family(0, [a, a7], corrected=[a]), search.Family(10, [b], corrected=[b])]
+
+    def quantize(self, recipe, float_nodes=()):
+        label = recipe.label() + "|" + ",".join(float_nodes)
+        self.built.append(label)
+        bad = recipe.label() in self.broken and not (self.fixed_by and self.fixed_by in float_nodes)
+        data = label.encode()
+        self.judge.table[data] = (_flips(30) if bad else _flips(0), 1.0)
+        return data
+
+    def groups(self, recipe):
+        return [("n0",), (self.fixed_by or "n1",), ("n2",)]
+
+    def layer_label(self, node):
+        return "layer_" + node
+
+    def wide_recipe(self):
+        return Recipe("fake", "A", activation_bits=16)
+
+
+def test_the_generic_ladder_walks_families_corrected_first_then_fallback_then_16_bit(judge):
+    """Any format's quantizer gives the same ladder: per family the bias-corrected recipes first (at the
+    family's tier), then the recipes as the quantizer leaves them (tier + 1); a recipe measured ahead of its
+    turn takes its family's tier; then float fallback from the fastest family's best plain recipe (tier
+    100 + groups, the groups named by layer); 16-bit activations last (tier 1000)."""
+    every = {r.label() for r in (Recipe("fake", "A"), Recipe("fake", "A", weight_bits=7), Recipe("fake", "B"))}
+    every |= {r.label() for r in (Recipe("fake", "A", bias_correction=True), Recipe("fake", "B", bias_correction=True))}
+    q = FakeQuantizer(judge, broken=every, fixed_by="hot")
+    result = search.run_search(judge, search.ladder(q, judge, bias_correction=True))
+    tiers = {t.label: t.tier for t in result.trials}
+    a, a7, b = Recipe("fake", "A"), Recipe("fake", "A", weight_bits=7), Recipe("fake", "B")
+    assert tiers[a.label()] == 1 and tiers[a7.label()] == 1 and tiers[b.label()] == 11  # b placed after timing
+    assert tiers[Recipe("fake", "A", bias_correction=True).label()] == 0
+    assert tiers[Recipe("fake", "B", bias_correction=True).label()] == 10
+    order = [t.label for t in result.trials]
+    assert order[:5] == [b.label(), Recipe("fake", "A", bias_correction=True).label(), a.label(), a7.label(),
+                         Recipe("fake", "B", bias_correction=True).label()]
+    assert result.within_budget and result.recipe.float_layers == ("layer_hot",) and result.chosen.tier == 101
+    assert result.recipe.weight_bits == 8 and not result.recipe.bias_correction  # from family A's plain recipe
+    assert not any("a16" in t for t in order)  # found before the last rung
+
+    judge.measured.clear()
+    q = FakeQuantizer(judge, broken=every)  # no group mends it: the 16-bit rung is reached, last
+    result = search.run_search(judge, search.ladder(q, judge, bias_correction=False))
+    assert result.within_budget and result.recipe.activation_bits == 16 and result.chosen.tier == 1000
+    assert not any(t.recipe["bias_correction"] for t in result.trials)  # --no-bias-correction: none corrected
+    assert {t.label: t.tier for t in result.trials}[b.label()] == 10  # plain recipes at the family's own tier
+
+
 def test_doubling():
     assert list(search.doubling(8)) == [1, 2, 4, 8]
     assert list(search.doubling(5)) == [1, 2, 4, 5]
@@ -165,7 +229,9 @@ def test_a_candidate_too_slow_to_judge_here_is_skipped(judge, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(search, "MAX_CANDIDATE_SECONDS", 1)
+    from edgeclf.convert import judge as judge_module
+
+    monkeypatch.setattr(judge_module, "MAX_CANDIDATE_SECONDS", 1)
     monkeypatch.setattr("edgeclf.runtime.backends.open_backend", lambda *a, **k: Slow())
     monkeypatch.setattr(search.Judge, "_run", _REAL_RUN)  # the real one, on a backend 50 ms per image
     result = search.run_search(judge, [cand(judge, "A16", _flips(0))])
@@ -209,9 +275,9 @@ def test_one_budget_rule_for_the_search_and_the_export():
                 row = ExportRow("tflite-int8", "m.tflite", drop_pt=drop, lost=lost, gained=gained, images=n)
                 assert within == (not over_max_drop(row, budget)), (n, lost, gained)
     warnings = []
-    job = SimpleNamespace(options=SimpleNamespace(max_drop=budget, qat=False), searches={}, selection_from="holdout")
+    job = SimpleNamespace(options=SimpleNamespace(max_drop=budget, qat=False), selection_from="holdout")
     close = ExportRow("tflite-int8", "m.tflite", drop_pt=5 / 736 * 100, lost=5, gained=0, images=736)
     broken = ExportRow("onnx-int8", "m.onnx", drop_pt=40 / 736 * 100, lost=40, gained=0, images=736)
-    _judge_budget(job, [close, broken], warnings.append)
+    _judge_budget(job, [close, broken], warnings.append, {})
     assert close.status == Status.OK and "not shown to be over --max-drop 0.5" in close.note
     assert broken.status == Status.DROP and len(warnings) == 1 and warnings[0].startswith("onnx-int8 loses 5.43 pt")

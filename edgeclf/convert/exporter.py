@@ -11,6 +11,7 @@ split -> write ``labels.txt`` and ``edgeclf.json`` last.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -45,44 +46,45 @@ def load_keras(path: Path):
         raise EdgeclfError(f"{path}: Keras cannot load this model ({first})") from exc
 
 
-class ExportJob:
-    """What the format modules get: the loaded model, the bundle, the images int8 learns from, writes."""
+@dataclass(frozen=True)
+class ExportContext:
+    """What the format modules get, and all they get: the loaded model, the bundle, the options, the images
+    int8 learns from and is judged on, and where files go. Frozen: a format returns what it made (an
+    :class:`edgeclf.convert.formats.Exported`) and writes nothing into the context. Values computed once and
+    shared between formats (calibration images, the fp32 ONNX graph, the QAT model) live in its memo."""
 
-    def __init__(self, source: ExportSource, options: ExportOptions, bundle: Bundle, out_dir: Path,
-                 keras_model, warn: Callable[[str], None]):
-        self.source, self.options, self.bundle, self.out_dir = source, options, bundle, out_dir
-        self._keras = keras_model
-        self.searches: dict = {}  # format name -> SearchResult
-        self._calib = options.calibration
-        self._selection: SelectionSet | None = None
-        self._split: tuple[list, list] | None = None
-        self._cache: dict[str, object] = {}
-        self.warn = warn
+    source: ExportSource
+    options: ExportOptions
+    bundle: Bundle
+    out_dir: Path
+    keras: object  # the loaded Keras model
+    warn: Callable[[str], None]
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def keras_model(self):
-        return self._keras
+        return self.keras
 
     def cached(self, key: str, make: Callable[[], object]):
-        """A value shared between formats (e.g. the fp32 ONNX graph that int8 quantizes)."""
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        """A value computed once and shared between formats (e.g. the fp32 ONNX graph that int8 quantizes)."""
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
     def _training_split(self) -> tuple[list, list]:
         """(calibration, selection) samples. Selection: the run's held-out images (never trained on) when it
         has them, else training images not used for calibration."""
-        if self._split is None:
+        def make():
             n_select = self.options.selection_images if self.options.search != "none" else 0
             held = self.source.holdout
             if held and n_select > 0:
-                self._split = (split_training(self.source.train, self.options.calib_images, 0, self.options.seed)[0],
-                               stratified_sample(held, n_select, self.options.seed + 1))
-            else:
-                self._split = split_training(self.source.train, self.options.calib_images, n_select, self.options.seed)
-                if n_select > 0:
-                    log.info("this model's run held no images out of training (edgeclf train --holdout): the int8 "
-                             "search judges on training images, which the model may have learned by heart")
-        return self._split
+                return (split_training(self.source.train, self.options.calib_images, 0, self.options.seed)[0],
+                        stratified_sample(held, n_select, self.options.seed + 1))
+            if n_select > 0:
+                log.info("this model's run held no images out of training (edgeclf train --holdout): the int8 "
+                         "search judges on training images, which the model may have learned by heart")
+            return split_training(self.source.train, self.options.calib_images, n_select, self.options.seed)
+
+        return self.cached("training-split", make)
 
     @property
     def selection_from(self) -> str:
@@ -90,10 +92,11 @@ class ExportJob:
         return "holdout" if self.source.holdout else "train"
 
     def calibration(self) -> CalibrationSet:
-        if self._calib is None:
-            inp = self.bundle.input
-            self._calib = calibration_set(self._training_split()[0], inp.height, inp.width, inp.resize, warn=self.warn)
-        return self._calib
+        if self.options.calibration is not None:  # given (tests, the Python API)
+            return self.options.calibration
+        inp = self.bundle.input
+        return self.cached("calibration", lambda: calibration_set(self._training_split()[0], inp.height, inp.width,
+                                                                  inp.resize, warn=self.warn))
 
     def larger_calibration(self, growth: int) -> CalibrationSet | None:
         """``growth`` times more calibration images (training split minus selection), or None if there are none."""
@@ -113,20 +116,18 @@ class ExportJob:
     def selection(self) -> SelectionSet:
         """Labelled images disjoint from calibration and validation, held out of training when the run did so:
         the search's judge."""
-        if self._selection is None:
-            samples = self._training_split()[1]
-            if not samples:
-                raise EdgeclfError("the int8 search needs selection images: the training split has too few "
-                                   "images (use --search none)")
-            inp = self.bundle.input
-            self._selection = selection_set(samples, inp.height, inp.width, inp.resize)
-        return self._selection
+        samples = self._training_split()[1]
+        if not samples:
+            raise EdgeclfError("the int8 search needs selection images: the training split has too few "
+                               "images (use --search none)")
+        inp = self.bundle.input
+        return self.cached("selection", lambda: selection_set(samples, inp.height, inp.width, inp.resize))
 
     def float_tflite(self) -> bytes:
         """The fp32 TFLite model (the float reference), converted once."""
         from edgeclf.convert import tflite
 
-        return self.cached("tflite-fp32-bytes", lambda: tflite.convert(self._keras, "fp32"))
+        return self.cached("tflite-fp32-bytes", lambda: tflite.convert(self.keras, "fp32"))
 
     def selection_reference(self) -> tuple[np.ndarray, np.ndarray]:
         """The float reference's probabilities on the selection images, and which of them are stable
@@ -171,19 +172,19 @@ class ExportJob:
         sel = self.selection()
         probs, stable = self.selection_reference()
         return Judge(self.bundle, Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision), sel.images,
-                     sel.labels, probs, self.options.max_drop, self.out_dir, self.options.threads, stable)
+                     sel.labels, probs, self.options.max_drop, self.out_dir, self.options.threads, stable,
+                     self.selection_from)
 
-    def search(self, fmt: ExportFormat, judge, steps):
-        """Walk ``steps`` for ``fmt`` with ``judge``; the result is kept (the export table prints it) and says
-        where its selection images came from. Every candidate failing is an error."""
+    @staticmethod
+    def search(judge, steps):
+        """Walk ``steps`` with ``judge`` (:func:`edgeclf.convert.search.run_search`); every candidate failing is
+        an error."""
         from edgeclf.convert.search import run_search
 
         result = run_search(judge, steps)
         if result.data is None:
             raise EdgeclfError("every int8 candidate failed: " + "; ".join(
                 f"{t.label}: {t.note}" for t in result.trials))
-        result.selection_from = self.selection_from
-        self.searches[fmt.name] = result
         return result
 
     def write_model(self, file: str, data: bytes) -> Path:
@@ -221,7 +222,8 @@ def export_model(options: ExportOptions) -> ExportResult:
     stale = out_dir / CONTRACT_FILE
     if stale.exists():  # a half-finished re-export must not look complete with the old contract
         stale.unlink()
-    job = ExportJob(source, options, bundle, out_dir, model, warn)
+    ctx = ExportContext(source, options, bundle, out_dir, model, warn)
+    searches: dict = {}  # format name -> SearchResult
 
     rows: list[ExportRow] = []
     artifacts: list[tuple[ExportFormat, Artifact]] = []
@@ -230,12 +232,15 @@ def export_model(options: ExportOptions) -> ExportResult:
         log.info("exporting %s -> %s", fmt.name, fmt.file)
         t = time.perf_counter()
         try:
-            artifact = fmt.export(job)
+            exported = fmt.export(ctx)
         except EdgeclfError as exc:
             failures.append(f"{fmt.name}: {exc}")
             rows.append(ExportRow(fmt.name, fmt.file, status=Status.FAILED, note=str(exc)))
             log.error("%s failed: %s", fmt.name, exc)
             continue
+        artifact = exported.artifact
+        if exported.search is not None:
+            searches[fmt.name] = exported.search
         path = out_dir / fmt.file
         artifact.bytes = path.stat().st_size
         artifact.sha256 = fsutil.sha256(path)
@@ -243,8 +248,8 @@ def export_model(options: ExportOptions) -> ExportResult:
         artifacts.append((fmt, artifact))
 
     val_probs: dict[str, np.ndarray] = {}
-    reference = verify.verify_all(job, artifacts, rows, failures, warn, val_probs)
-    verify.judge_budget(job, rows, warn)
+    reference = verify.verify_all(ctx, artifacts, rows, failures, warn, val_probs)
+    verify.judge_budget(ctx, rows, warn, searches)
 
     failed = {r.name for r in rows if r.status == Status.FAILED}
     bundle.artifacts = [a for f, a in artifacts if f.name not in failed]
@@ -253,13 +258,13 @@ def export_model(options: ExportOptions) -> ExportResult:
     if val_probs:
         from edgeclf.convert.verify import write_predictions
 
-        val = job.source.val[: len(next(iter(val_probs.values())))]
+        val = ctx.source.val[: len(next(iter(val_probs.values())))]
         verified = {k: v for k, v in val_probs.items() if k not in failed}
-        write_predictions(out_dir, val, job.source.info["data"], verified, bundle.classes)
+        write_predictions(out_dir, val, ctx.source.info["data"], verified, bundle.classes)
     bundle.save(out_dir)
     order = [f.name for f in formats]
     return ExportResult(out_dir, bundle, sorted(rows, key=lambda r: order.index(r.name)), warnings, failures,
-                        reference, options.strict, job.searches)
+                        reference, options.strict, searches)
 
 
 def _check_model(model, source: ExportSource) -> None:

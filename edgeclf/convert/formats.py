@@ -12,20 +12,28 @@ from edgeclf.errors import EdgeclfError
 
 
 @dataclass(frozen=True)
+class Exported:
+    """What a format's ``export`` returns: the artifact it wrote, and its int8 search (None when none ran)."""
+
+    artifact: object  # edgeclf.contract.Artifact
+    search: object = None  # edgeclf.convert.search.SearchResult
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     name: str  # "tflite-int8": what --formats and messages say
     format: str  # contract format: tflite | onnx
     precision: str  # contract precision: fp32 | fp16 | dynamic | int8
     file: str  # artifact file name in the export folder
-    module: str  # edgeclf.convert.<module> holds export(fmt, job) -> Artifact (writes job.path_of(fmt))
+    module: str  # edgeclf.convert.<module> holds export(fmt, ctx) -> Exported (writes the file into ctx.out_dir)
     int8: bool = False  # needs --int8 (full-integer, calibrated)
     description: str = ""
 
-    def export(self, job):
-        """Write this format's file for ``job`` (an :class:`edgeclf.convert.exporter.ExportJob`) and
-        return its :class:`edgeclf.contract.Artifact` (IO dtypes and quantization filled in)."""
+    def export(self, ctx) -> Exported:
+        """Write this format's file for ``ctx`` (an :class:`edgeclf.convert.exporter.ExportContext`) and
+        return its :class:`edgeclf.contract.Artifact` (IO dtypes and quantization filled in) with its search."""
         mod = importlib.import_module(f"edgeclf.convert.{self.module}")
-        return mod.export(self, job)
+        return mod.export(self, ctx)
 
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in [

@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
-from dataclasses import replace
-from typing import Iterator
 
 from edgeclf.contract import Artifact, Recipe, TensorSpec
+from edgeclf.convert.formats import Exported
 from edgeclf.convert.onnx_quant import (CALIBRATE_METHODS, INPUT_NAME, ONNX_FORMATS, QUANTIZER,  # noqa: F401 (API)
                                         SENSITIVITY_IMAGES, Quantizer, first_conv_names, node_label,
                                         quantize_int8, quantize_int8_auto)
@@ -83,149 +82,72 @@ def _serialize_checked(proto) -> bytes:
     return proto.SerializeToString()
 
 
-def ladder(job, judge, quantizer: Quantizer) -> Iterator:
-    """Candidates for ``onnx-int8``, fastest expected first (see the module docstring)."""
-    from edgeclf.convert import biascorr
-    from edgeclf.convert.search import Candidate, fallback
-
-    opts = job.options
-    n = len(quantizer.calibration)
-    per_channel = opts.onnx_per_channel is not False
-    methods = [opts.onnx_calibrate] if opts.onnx_calibrate else list(CALIBRATE_METHODS)
-    weights = [8 if opts.onnx_reduce_range is False else 7] if opts.onnx_reduce_range is not None else [8, 7]
-
-    def candidate(recipe, tier):
-        return Candidate(recipe, lambda: quantizer.quantize(recipe), tier=tier)
-
-    def corrected(recipe, tier):
-        plain = replace(recipe, bias_correction=False)
-        return Candidate(recipe, lambda: biascorr.onnx(quantizer.quantize(plain), quantizer.model,
-                                                       quantizer.calibration.images, INPUT_NAME, opts.threads),
-                         tier=tier)
-
-    # 1. time the three int8 formats on this machine; their order is the measured one
-    probes = []
-    for label, fmt, act in ONNX_FORMATS:
-        recipe = Recipe(QUANTIZER, quant_format=label, calibration=methods[0], calibration_images=n,
-                        weight_bits=weights[0], per_channel=per_channel, activation_type=act)
-        trial, _ = judge.measure(candidate(recipe, 0))
-        probes.append((trial.p50_ms if trial.p50_ms is not None else float("inf"), recipe))
-    probes.sort(key=lambda pr: pr[0])
-    for rank, (_, recipe) in enumerate(probes):  # the measured order is the expected-speed order
-        judge.measured[recipe][0].tier = 10 * rank
-    log.info("  int8 formats by speed here: %s", ", ".join(f"{r.format_label()} {ms:.2f} ms" for ms, r in probes))
-    # 2. recipes, format by format: the format's MinMax recipe bias-corrected first (same size and speed,
-    #    fewer answers changed), then as ONNX Runtime left it (ranked after it), then the other recipes (a
-    #    correction each would cost ~20 s per recipe on MobileNetV2 224: they are reached when the first is
-    #    broken, and correcting a broken recipe does not mend it)
-    bc = opts.bias_correction
-    plain = 1 if bc else 0  # the tier offset of uncorrected recipes
-    for rank, (_, probe) in enumerate(probes):
-        tier = 10 * rank
-        if bc:
-            judge.measured[probe][0].tier = tier + plain
-            yield corrected(replace(probe, bias_correction=True), tier)
-        recipes = [probe] + [replace(probe, weight_bits=w) for w in weights[1:]]
-        recipes += [replace(probe, calibration=m) for m in methods[1:]]
-        if opts.onnx_per_channel is None:
-            recipes.append(replace(probe, per_channel=False))
-        for recipe in recipes:
-            yield candidate(recipe, tier + plain)
-    # 3. float fallback on the fastest format, from its most accurate uncorrected recipe
-    fastest = probes[0][1]
-    best = judge.best_measured(tiers=[plain])
-    if best is not None:
-        recipe = best[1]
-        qdq = replace(recipe, quant_format="QDQ")  # ranges are read from Q/DQ nodes whatever the format
-        groups = quantizer.groups(quantizer.quantize(qdq))
-        layer_names = {layer.name for layer in job.keras_model().layers}
-        inputs = {n.name: list(n.input) for n in quantizer.model.graph.node}
-
-        def recipe_for(chosen):
-            return replace(recipe, float_layers=tuple(dict.fromkeys(
-                node_label(node, layer_names, inputs) for g in chosen for node in g)))
-
-        for c in fallback(judge, recipe, groups, lambda nodes: quantizer.quantize(recipe, nodes), recipe_for):
-            c.tier += 100
-            yield c
-    # 4. 16-bit activations
-    a16 = replace(fastest, quant_format="QDQ", activation_type="uint16", activation_bits=16)
-    yield Candidate(a16, lambda: quantizer.quantize(a16), tier=1000,
-                    note="16-bit activations: no 16-bit CPU kernels, slower than fp32")
-
-
 def _opset(proto) -> int:
     return int(max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))
 
 
-def qat_candidate(job) -> tuple[bytes, Recipe]:
+def qat_candidate(ctx) -> tuple[bytes, Recipe]:
     """``--qat``: the QAT int8 TFLite model as an ONNX model (QDQ, int8 weights; uint8 activations unless
     that rewrite changed a prediction) and its recipe."""
     from edgeclf.convert import onnx_from_tflite, qat
     from edgeclf.convert.tflite import io_specs
 
     def make() -> tuple[bytes, str]:
-        tfl = qat.qat_tflite(job)
-        proto, act = onnx_from_tflite.convert(tfl, io_specs(tfl)[0], max(job.options.opset, 13),
-                                              job.calibration().images[:32])
+        tfl = qat.qat_tflite(ctx)
+        proto, act = onnx_from_tflite.convert(tfl, io_specs(tfl)[0], max(ctx.options.opset, 13),
+                                              ctx.calibration().images[:32])
         return proto.SerializeToString(), act
 
-    data, act = job.cached("qat-onnx", make)
-    return data, Recipe("tfmot-qat", quant_format="QDQ", calibration_images=len(job.calibration()), activation_type=act)
+    data, act = ctx.cached("qat-onnx", make)
+    return data, Recipe("tfmot-qat", quant_format="QDQ", calibration_images=len(ctx.calibration()), activation_type=act)
 
 
-def export(fmt, job) -> Artifact:
+def export(fmt, ctx) -> Exported:
     import onnx
 
     from edgeclf.convert.int8 import make_int8
     from edgeclf.convert.metadata import onnx_metadata_props
 
-    h, w = job.bundle.input.height, job.bundle.input.width
-    fp32 = job.cached("onnx-fp32-proto", lambda: convert_fp32(job.keras_model(), h, w, job.options.opset))
+    h, w = ctx.bundle.input.height, ctx.bundle.input.width
+    fp32 = ctx.cached("onnx-fp32-proto", lambda: convert_fp32(ctx.keras_model(), h, w, ctx.options.opset))
     artifact = Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision,
                         input=TensorSpec("float32"), output=TensorSpec("float32"))
     if fmt.precision == "fp32":
         proto = fp32
-        artifact.extra["opset"] = job.options.opset
+        artifact.extra["opset"] = ctx.options.opset
     elif fmt.precision == "int8":
-        quantizers = []
+        def quantizer():
+            return Quantizer(fp32, ctx.calibration(), ctx.out_dir, ctx.options,
+                             {layer.name for layer in ctx.keras_model().layers})
 
-        def ladder_(judge):
-            quantizers.append(Quantizer(fp32, job.calibration(), job.out_dir))
-            return ladder(job, judge, quantizers[0])
-
-        try:
-            model = make_int8(fmt, job, lambda: _single(job, fp32), ladder_, lambda: qat_candidate(job),
-                              "the QAT TFLite model, converted")
-        finally:
-            for q in quantizers:
-                q.close()
+        model = make_int8(fmt, ctx, lambda: _single(ctx, fp32), quantizer, lambda: qat_candidate(ctx),
+                          "the QAT TFLite model, converted")
         proto = onnx.load_from_string(model.data)
-        artifact.recipe, artifact.search = model.recipe, [t.to_dict() for t in model.trials]
+        artifact.recipe, artifact.search = model.recipe, model.search_record
         artifact.extra.update({"opset": _opset(proto), **model.extra})
     else:
         raise ValueError(f"unknown ONNX precision {fmt.precision!r}")
-    _set_metadata(proto, onnx_metadata_props(job.bundle, artifact))
-    job.write_model(fmt.file, _serialize_checked(proto))
-    return artifact
+    _set_metadata(proto, onnx_metadata_props(ctx.bundle, artifact))
+    ctx.write_model(fmt.file, _serialize_checked(proto))
+    return Exported(artifact, model.search if fmt.precision == "int8" else None)
 
 
-def _single(job, fp32) -> tuple[bytes, Recipe, dict]:
+def _single(ctx, fp32) -> tuple[bytes, Recipe, dict]:
     """``--search none``: QDQ S8S8, the stem convolution in float, 7- or 8-bit weights by agreement with fp32 on
     the calibration images unless --onnx-reduce-range/--onnx-full-range says which."""
     import onnx
 
-    calib = job.calibration()
-    rr = job.options.onnx_reduce_range
-    per_channel = job.options.onnx_per_channel is not False
-    method = job.options.onnx_calibrate or "minmax"
+    calib = ctx.calibration()
+    rr = ctx.options.onnx_reduce_range
+    per_channel = ctx.options.onnx_per_channel is not False
+    method = ctx.options.onnx_calibrate or "minmax"
     extra = {}
     if rr is None:
-        proto, rr, scores = quantize_int8_auto(fp32, calib, per_channel, method, job.out_dir)
+        proto, rr, scores = quantize_int8_auto(fp32, calib, per_channel, method, ctx.out_dir)
         extra["reduce_range_agreement_on_calibration"] = scores
     else:
         proto = quantize_int8(onnx.ModelProto.FromString(fp32.SerializeToString()), calib,
-                              per_channel=per_channel, method=method, reduce_range=rr, work_dir=job.out_dir)
+                              per_channel=per_channel, method=method, reduce_range=rr, work_dir=ctx.out_dir)
     stem = tuple(first_conv_names(proto))
     recipe = Recipe(QUANTIZER, quant_format="QDQ", calibration=method, calibration_images=len(calib),
                     weight_bits=7 if rr else 8, per_channel=per_channel, float_layers=stem)

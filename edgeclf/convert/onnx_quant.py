@@ -7,6 +7,7 @@ import contextlib
 import io as _io
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,12 +120,19 @@ def quantize_int8_auto(fp32_proto, calibration, per_channel: bool, method: str, 
 
 
 class Quantizer:
-    """Quantizes one pre-processed fp32 graph many times, calibrating once per method."""
+    """Quantizes one pre-processed fp32 graph many times, calibrating once per method: the search's quantizer
+    for ONNX (:class:`edgeclf.convert.search.Quantizer`). ``options`` (export's) narrow the recipes
+    (``--onnx-calibrate``, ``--onnx-reduce-range``, ``--onnx-per-channel``) and give the threads."""
 
-    def __init__(self, fp32_proto, calibration, work_dir: Path):
+    wide_note = "16-bit activations: no 16-bit CPU kernels, slower than fp32"
+
+    def __init__(self, fp32_proto, calibration, work_dir: Path, options=None, layer_names: set[str] = frozenset()):
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        self.options = options
+        self.layer_names = set(layer_names)
+        self._fastest: Recipe | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix=".onnx-quant-", dir=work_dir)
         self.dir = Path(self._tmp.name)
         self.calibration = calibration
@@ -143,6 +151,46 @@ class Quantizer:
     def close(self) -> None:
         self._tmp.cleanup()
 
+    def families(self, judge) -> list:
+        """One family per way ONNX Runtime runs int8 on a CPU, in the order *timed on this machine* (the three
+        MinMax probes are measured by ``judge`` first): the format's recipe bias-corrected, then as ONNX Runtime
+        leaves it, then 7-bit weights, Percentile and Entropy ranges, per-tensor weights. Only the first recipe
+        of a family is corrected (a correction costs ~20 s on MobileNetV2 224; the others are reached when the
+        first is broken, and correcting a broken recipe does not mend it)."""
+        from edgeclf.convert.search import Candidate, Family
+
+        opts = self.options
+        n = len(self.calibration)
+        per_channel = opts.onnx_per_channel is not False
+        methods = [opts.onnx_calibrate] if opts.onnx_calibrate else list(CALIBRATE_METHODS)
+        weights = [8 if opts.onnx_reduce_range is False else 7] if opts.onnx_reduce_range is not None else [8, 7]
+        probes = []
+        for label, _, act in ONNX_FORMATS:
+            recipe = Recipe(QUANTIZER, quant_format=label, calibration=methods[0], calibration_images=n,
+                            weight_bits=weights[0], per_channel=per_channel, activation_type=act)
+            trial, _ = judge.measure(Candidate(recipe, lambda r=recipe: self.quantize(r), tier=0))
+            probes.append((trial.p50_ms if trial.p50_ms is not None else float("inf"), recipe))
+        probes.sort(key=lambda pr: pr[0])
+        log.info("  int8 formats by speed here: %s", ", ".join(f"{r.format_label()} {ms:.2f} ms" for ms, r in probes))
+        self._fastest = probes[0][1]
+        families = []
+        for rank, (_, probe) in enumerate(probes):
+            recipes = [probe] + [replace(probe, weight_bits=w) for w in weights[1:]]
+            recipes += [replace(probe, calibration=m) for m in methods[1:]]
+            if opts.onnx_per_channel is None:
+                recipes.append(replace(probe, per_channel=False))
+            families.append(Family(10 * rank, recipes, corrected=[probe]))
+        return families
+
+    def layer_label(self, node: str) -> str:
+        if not hasattr(self, "_inputs"):
+            self._inputs = {n.name: list(n.input) for n in self.model.graph.node}
+        return node_label(node, self.layer_names, self._inputs)
+
+    def wide_recipe(self) -> Recipe:
+        base = self._fastest or Recipe(QUANTIZER, quant_format="QDQ", calibration_images=len(self.calibration))
+        return replace(base, quant_format="QDQ", activation_type="uint16", activation_bits=16)
+
     def cache(self, method: str) -> Path:
         """Activation ranges of the calibration images by ``method``, computed once."""
         if method not in self._caches:
@@ -160,7 +208,16 @@ class Quantizer:
         return self._caches[method]
 
     def quantize(self, recipe: Recipe, exclude: tuple[str, ...] = ()) -> bytes:
+        """The model file for ``recipe``, the nodes ``exclude`` kept in float; bias-corrected against float
+        (:mod:`edgeclf.convert.biascorr`) when the recipe says so."""
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        if recipe.bias_correction:
+            from edgeclf.convert import biascorr
+
+            plain = self.quantize(replace(recipe, bias_correction=False), exclude)
+            return biascorr.onnx(plain, self.model, self.calibration.images, INPUT_NAME,
+                                 self.options.threads if self.options is not None else None)
 
         act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16}[recipe.activation_type]
         self._n += 1
@@ -180,14 +237,14 @@ class Quantizer:
         out.unlink()
         return data
 
-    def groups(self, quantized: bytes) -> list[tuple[str, ...]]:
+    def groups(self, recipe: Recipe) -> list[tuple[str, ...]]:
         """Per activation tensor: its producer and consumers (the nodes to exclude to keep it float),
         worst first by the SQNR of its float activations against their own round trip at the scale and
-        zero point ``quantized`` (a QDQ model) gives it."""
+        zero point ``recipe`` quantized as QDQ gives it (ranges are read from Q/DQ nodes whatever the format)."""
         import onnx
         import onnxruntime as ort
 
-        q = onnx.load_from_string(quantized)
+        q = onnx.load_from_string(self.quantize(replace(recipe, quant_format="QDQ")))
         consts = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
         qparams = {}
         for node in q.graph.node:

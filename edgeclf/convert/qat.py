@@ -34,52 +34,52 @@ QAT_LR = 1e-5
 QAT_BATCH = 16
 
 
-def _backbone_name(job) -> str:
-    name = job.source.backbone
+def _backbone_name(ctx) -> str:
+    name = ctx.source.backbone
     if name is None:  # a bare .keras: build_classifier names the model edgeclf_<backbone>
-        name = job.keras_model().name.removeprefix("edgeclf_")
+        name = ctx.keras_model().name.removeprefix("edgeclf_")
     if name not in BACKBONES:
         raise EdgeclfError(f"--qat cannot run with model {name!r}: it rebuilds a registry backbone in tf_keras "
                            f"(one of {', '.join(BACKBONES)})")
     return name
 
 
-def qat_model(job) -> tuple[bytes, dict]:
+def qat_model(ctx) -> tuple[bytes, dict]:
     """Fine-tune with fake quantization in a tf_keras subprocess: the int8 TFLite bytes and how the training
     went (once per export: the TFLite and the ONNX int8 artifacts share them)."""
-    return job.cached("qat", lambda: _qat_tflite(job))
+    return ctx.cached("qat", lambda: _qat_tflite(ctx))
 
 
-def qat_tflite(job) -> bytes:
-    return qat_model(job)[0]
+def qat_tflite(ctx) -> bytes:
+    return qat_model(ctx)[0]
 
 
-def _qat_tflite(job) -> tuple[bytes, dict]:
-    model = job.keras_model()
-    name = _backbone_name(job)
+def _qat_tflite(ctx) -> tuple[bytes, dict]:
+    model = ctx.keras_model()
+    name = _backbone_name(ctx)
     backbone = BACKBONES[name]
-    h, w = job.bundle.input.height, job.bundle.input.width
-    calib = job.calibration()
+    h, w = ctx.bundle.input.height, ctx.bundle.input.width
+    calib = ctx.calibration()
     head = head_spec(model)
-    with tempfile.TemporaryDirectory(prefix=".qat-", dir=job.out_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".qat-", dir=ctx.out_dir) as tmp:
         tmp = Path(tmp)
         weights = {f"{layer.name}::{i}": np.asarray(v) for layer in model.layers
                    for i, v in enumerate(layer.get_weights())}
         np.savez(tmp / "weights.npz", **weights)
         np.save(tmp / "calib.npy", calib.images)
-        log.info(f"QAT: loading {len(job.source.train)} training images")
-        np.save(tmp / "train_x.npy", load_images(job.source.train, h, w, job.bundle.input.resize))
-        np.save(tmp / "train_y.npy", np.array([s.label for s in job.source.train], dtype=np.int64))
+        log.info(f"QAT: loading {len(ctx.source.train)} training images")
+        np.save(tmp / "train_x.npy", load_images(ctx.source.train, h, w, ctx.bundle.input.resize))
+        np.save(tmp / "train_y.npy", np.array([s.label for s in ctx.source.train], dtype=np.int64))
         probe = calib.images[:8].astype(np.float32)
         np.save(tmp / "probe_x.npy", probe)
         np.save(tmp / "probe_p.npy", np.asarray(model.predict(probe, verbose=0)))
-        spec = {"preprocess": backbone.preprocess, "imgsz": h, "num_classes": len(job.bundle.classes),
+        spec = {"preprocess": backbone.preprocess, "imgsz": h, "num_classes": len(ctx.bundle.classes),
                 "head_units": head.units, "dropout": head.dropout,
-                "epochs": job.options.qat_epochs, "lr": QAT_LR, "batch": QAT_BATCH, "io": job.options.io,
+                "epochs": ctx.options.qat_epochs, "lr": QAT_LR, "batch": QAT_BATCH, "io": ctx.options.io,
                 "dir": str(tmp), "backbone": name}
         (tmp / "spec.json").write_text(json.dumps(spec))
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-        log.info(f"QAT: fine-tuning {name} for {job.options.qat_epochs} epoch(s) under tf_keras "
+        log.info(f"QAT: fine-tuning {name} for {ctx.options.qat_epochs} epoch(s) under tf_keras "
                       f"(a separate process; slow on a CPU)")
         proc = subprocess.run([sys.executable, "-m", "edgeclf.convert.qat_worker", str(tmp / "spec.json")],
                               env=env, capture_output=True, text=True)

@@ -34,11 +34,10 @@ import contextlib
 import io as _io
 import re
 from dataclasses import replace
-from typing import Iterator
-
 import numpy as np
 
 from edgeclf.contract import Artifact, Recipe, TensorSpec
+from edgeclf.convert.formats import Exported
 from edgeclf.errors import EdgeclfError
 from edgeclf.log import get_logger
 
@@ -261,90 +260,95 @@ def layer_label(node: str, layer_names: set[str]) -> str:
     return (plain or found)[-1]
 
 
-# ---------------------------------------------------------------- the ladder
+# ---------------------------------------------------------------- the search's quantizer
 
-def ladder(job, judge) -> Iterator:
-    """Candidates for ``tflite-int8``, fastest expected first (see the module docstring)."""
-    from edgeclf.convert import biascorr
-    from edgeclf.convert.search import Candidate, fallback
+class TFLiteQuantizer:
+    """The converter as the search's quantizer (:class:`edgeclf.convert.search.Quantizer`): calibrates once per
+    calibration set and quantizes the calibrated model as often as the search asks."""
 
-    keras_model, io = job.keras_model(), job.options.io
-    calib = job.calibration()
-    calibrated = {len(calib): calibrate(keras_model, calib)}
-    base = Recipe(QUANTIZER, calibration_images=len(calib))
-    bigger = job.larger_calibration(CALIBRATION_GROWTH)
-    sizes = [len(calib)] + ([len(bigger)] if bigger is not None else [])
+    wide_note = "16-bit activations: float input/output, reference kernels"
 
-    def calibrated_on(n):
-        if n not in calibrated:
-            calibrated[n] = calibrate(keras_model, bigger)
-        return calibrated[n]
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.keras_model, self.io = ctx.keras_model(), ctx.options.io
+        self.calib = ctx.calibration()
+        self._calibrated: dict[int, bytes] = {}
+        self._layer_names = {layer.name for layer in self.keras_model.layers}
 
-    def corrected(n):
-        return biascorr.tflite(quantize(calibrated_on(n), io), calibrated_on(n), calib.images, job.options.threads)
+    @property
+    def bigger(self):
+        """``CALIBRATION_GROWTH`` times more calibration images (None: the training split has no more)."""
+        return self.ctx.larger_calibration(CALIBRATION_GROWTH)  # cached by the context
 
-    # 1. bias-corrected (same size and speed, fewer answers changed), then as the converter leaves it
-    plain_tier = 1 if job.options.bias_correction else 0
-    if job.options.bias_correction:
-        for n in sizes:
-            yield Candidate(replace(base, calibration_images=n, bias_correction=True), lambda n=n: corrected(n),
-                            tier=0)
-    for n in sizes:
-        yield Candidate(replace(base, calibration_images=n), lambda n=n: quantize(calibrated_on(n), io),
-                        tier=plain_tier)
+    def _set(self, n: int):
+        return self.bigger if self.bigger is not None and n == len(self.bigger) else self.calib
 
-    # 2. float fallback, from the more accurate plain calibration: groups ranked by reverting each alone
-    best = judge.best_measured(tiers=[plain_tier])
-    if best is not None:
-        recipe = best[1]
-        n = recipe.calibration_images
-        images = (bigger if bigger is not None and n == len(bigger) else calib).images[:SENSITIVITY_IMAGES]
-        groups = [g for _, g in sensitive_groups(calibrated_on(n), quantize(calibrated_on(n), io), images)]
-        layer_names = {layer.name for layer in keras_model.layers}
+    def calibrated(self, n: int) -> bytes:
+        if n not in self._calibrated:
+            self._calibrated[n] = calibrate(self.keras_model, self._set(n))
+        return self._calibrated[n]
 
-        def recipe_for(chosen):
-            return replace(recipe, float_layers=tuple(dict.fromkeys(
-                layer_label(node, layer_names) for g in chosen for node in g)))
+    def families(self, judge):
+        from edgeclf.convert.search import Family
 
-        for c in fallback(judge, recipe, groups, lambda nodes: quantize(calibrated[n], io, nodes), recipe_for):
-            c.tier += plain_tier
-            yield c
+        base = Recipe(QUANTIZER, calibration_images=len(self.calib))
+        bigger = self.bigger
+        recipes = [base] + ([replace(base, calibration_images=len(bigger))] if bigger is not None else [])
+        return [Family(0, recipes, corrected=recipes)]
 
-    yield Candidate(replace(base, activation_bits=16), lambda: convert_16x8(keras_model, calib), tier=100,
-                    note="16-bit activations: float input/output, reference kernels")
+    def quantize(self, recipe: Recipe, float_nodes: tuple[str, ...] = ()) -> bytes:
+        if recipe.activation_bits == 16:
+            return convert_16x8(self.keras_model, self.calib)
+        calibrated = self.calibrated(recipe.calibration_images)
+        data = quantize(calibrated, self.io, float_nodes)
+        if recipe.bias_correction:
+            from edgeclf.convert import biascorr
+
+            data = biascorr.tflite(data, calibrated, self.calib.images, self.ctx.options.threads)
+        return data
+
+    def groups(self, recipe: Recipe) -> list[tuple[str, ...]]:
+        calibrated = self.calibrated(recipe.calibration_images)
+        images = self._set(recipe.calibration_images).images[:SENSITIVITY_IMAGES]
+        return [g for _, g in sensitive_groups(calibrated, quantize(calibrated, self.io), images)]
+
+    def layer_label(self, node: str) -> str:
+        return layer_label(node, self._layer_names)
+
+    def wide_recipe(self) -> Recipe:
+        return Recipe(QUANTIZER, calibration_images=len(self.calib), activation_bits=16)
 
 
-def qat_candidate(job) -> tuple[bytes, Recipe]:
+def qat_candidate(ctx) -> tuple[bytes, Recipe]:
     """``--qat``: the quantization-aware-trained int8 model (trained once: onnx-int8 is converted from it)."""
     from edgeclf.convert import qat
 
-    return qat.qat_tflite(job), Recipe("tfmot-qat", calibration_images=len(job.calibration()))
+    return qat.qat_tflite(ctx), Recipe("tfmot-qat", calibration_images=len(ctx.calibration()))
 
 
-def export(fmt, job) -> Artifact:
+def export(fmt, ctx) -> Exported:
     from edgeclf.convert import metadata
     from edgeclf.convert.int8 import make_int8
 
     model = None
     if fmt.precision == "fp32":
-        data = job.float_tflite()
+        data = ctx.float_tflite()
     elif fmt.precision != "int8":
-        data = convert(job.keras_model(), fmt.precision)
+        data = convert(ctx.keras_model(), fmt.precision)
     else:
         def single():
-            calib = job.calibration()
-            return (convert(job.keras_model(), "int8", calib, io=job.options.io),
+            calib = ctx.calibration()
+            return (convert(ctx.keras_model(), "int8", calib, io=ctx.options.io),
                     Recipe(QUANTIZER, calibration_images=len(calib)), {})
 
-        model = make_int8(fmt, job, single, lambda judge: ladder(job, judge), lambda: qat_candidate(job),
+        model = make_int8(fmt, ctx, single, lambda: TFLiteQuantizer(ctx), lambda: qat_candidate(ctx),
                           "the QAT model")
         data = model.data
     inp, out = io_specs(data)
     artifact = Artifact(file=fmt.file, format=fmt.format, precision=fmt.precision, input=inp, output=out,
-                        recipe=model.recipe if model else None,
-                        search=[t.to_dict() for t in model.trials] if model else [])
+                        recipe=model.recipe if model else None, search=model.search_record if model else [])
     if model is not None:
         artifact.extra.update(model.extra)
-    data = metadata.add_tflite_metadata(data, job.bundle, artifact)
-    job.write_model(fmt.file, data)
-    return artifact
+    data = metadata.add_tflite_metadata(data, ctx.bundle, artifact)
+    ctx.write_model(fmt.file, data)
+    return Exported(artifact, model.search if model else None)

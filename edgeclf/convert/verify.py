@@ -166,31 +166,31 @@ KERAS_CHECK_IMAGES = 32  # the float reference (fp32 TFLite) is checked against 
 KERAS_CHECK_TOLERANCE = 1e-3  # max |p_tflite - p_keras|
 
 
-def verify_all(job, artifacts, rows: list[ExportRow], failures: list[str], warn, val_probs: dict) -> dict:
+def verify_all(ctx, artifacts, rows: list[ExportRow], failures: list[str], warn, val_probs: dict) -> dict:
     """Evaluate every artifact through the runtime on val; mark collapsed ones failed (file removed). Every
     model's validation probabilities go into ``val_probs`` (the float reference's as "float")."""
     from edgeclf.runtime.model import ModelRef
 
     if not artifacts:
         return {}
-    bundle, opts = job.bundle, job.options
-    val = job.source.val[: opts.verify_images] if opts.verify_images else job.source.val
+    bundle, opts = ctx.bundle, ctx.options
+    val = ctx.source.val[: opts.verify_images] if opts.verify_images else ctx.source.val
     log.info("verifying on %d validation images through the edgeclf runtime", len(val))
     images = load_images(val, bundle.input.height, bundle.input.width, bundle.input.resize)
     labels = np.array([s.label for s in val])
-    bundle.root = job.out_dir
+    bundle.root = ctx.out_dir
 
     # The float reference: the fp32 TFLite model, checked against Keras on a few images. Keras on the
     # whole validation split would take minutes on a CPU.
     ref_art = Artifact(file=".reference_fp32.tflite", format="tflite", precision="fp32")
-    ref_path = job.out_dir / ref_art.file
-    fsutil.write_bytes(ref_path, job.float_tflite())
+    ref_path = ctx.out_dir / ref_art.file
+    fsutil.write_bytes(ref_path, ctx.float_tflite())
     try:
         ref_probs, _ = predict(ModelRef(ref_path, bundle, ref_art, "export"), images, opts.threads)
     finally:
         ref_path.unlink(missing_ok=True)
     k = min(KERAS_CHECK_IMAGES, len(images))
-    keras_probs = np.asarray(job.keras_model().predict(images[:k].astype(np.float32), batch_size=k, verbose=0))
+    keras_probs = np.asarray(ctx.keras_model().predict(images[:k].astype(np.float32), batch_size=k, verbose=0))
     max_diff = float(np.abs(keras_probs - ref_probs[:k]).max())
     ref_pred = ref_probs.argmax(axis=1)
     val_probs["float"] = ref_probs
@@ -208,7 +208,7 @@ def verify_all(job, artifacts, rows: list[ExportRow], failures: list[str], warn,
         log.error("the float reference disagrees with Keras (max |dp| %.4f)", max_diff)
 
     for fmt, art in artifacts:
-        ref = ModelRef(job.out_dir / art.file, bundle, art, "export")
+        ref = ModelRef(ctx.out_dir / art.file, bundle, art, "export")
         row = ExportRow(fmt.name, art.file, art.bytes, recipe=art.recipe.label() if art.recipe else "")
         try:
             probs, engine = predict(ref, images, opts.threads)
@@ -216,7 +216,7 @@ def verify_all(job, artifacts, rows: list[ExportRow], failures: list[str], warn,
             failures.append(f"{fmt.name}: the runtime cannot run it ({exc})")
             row.status, row.note = Status.FAILED, f"runtime: {exc}"
             rows.append(row)
-            (job.out_dir / art.file).unlink(missing_ok=True)
+            (ctx.out_dir / art.file).unlink(missing_ok=True)
             continue
         v = assess(fmt.name, probs, labels, bundle.classes, ref_pred, engine)
         val_probs[fmt.name] = probs
@@ -232,7 +232,7 @@ def verify_all(job, artifacts, rows: list[ExportRow], failures: list[str], warn,
             row.status, row.note = Status.FAILED, f"collapsed: {v.collapsed}"
             failures.append(f"{fmt.name} collapsed: {v.collapsed}; the file was removed "
                             f"(try more --calib-images, or check the calibration images are real photos)")
-            (job.out_dir / art.file).unlink(missing_ok=True)
+            (ctx.out_dir / art.file).unlink(missing_ok=True)
         rows.append(row)
     return reference
 
@@ -248,13 +248,14 @@ def over_max_drop(row: ExportRow, max_drop: float) -> bool:
     return over_budget(row.lost, row.gained, row.images, max_drop)
 
 
-def judge_budget(job, rows: list[ExportRow], warn) -> None:
-    """Mark every verified artifact over --max-drop (:func:`over_max_drop`), with the warning that names the fix."""
-    opts = job.options
+def judge_budget(ctx, rows: list[ExportRow], warn, searches: dict) -> None:
+    """Mark every verified artifact over --max-drop (:func:`over_max_drop`), with the warning that names the fix.
+    ``searches``: format name -> the SearchResult that chose its file."""
+    opts = ctx.options
     for row in rows:
         if row.status != Status.OK:
             continue
-        search = job.searches.get(row.name)
+        search = searches.get(row.name)
         if search is not None and search.chosen is not None:
             row.selection_drop_pt = search.chosen.selection_drop_pt
         over_val = over_max_drop(row, opts.max_drop)
@@ -280,7 +281,7 @@ def judge_budget(job, rows: list[ExportRow], warn) -> None:
                 where = (f" (within budget on the {search.judged} selection images: {row.selection_drop_pt:+.2f} pt"
                          + (f", {c.selection_lost} lost and {c.selection_gained} gained" if c.selection_lost is not None
                             else "") + ")")
-            if search is not None and job.selection_from == "train" and _selection_memorized(job):
+            if search is not None and ctx.selection_from == "train" and _selection_memorized(ctx):
                 where += (" — the float model classifies every selection image correctly (training images it has "
                           "learned), so the int8 candidates could not be told apart on them; retrain with "
                           "--holdout so that export judges on images the model never saw")
@@ -289,6 +290,6 @@ def judge_budget(job, rows: list[ExportRow], warn) -> None:
                  f"try {advice(row.name, fmt_precision, opts.qat)}")
 
 
-def _selection_memorized(job) -> bool:
-    probs, stable = job.selection_reference()
-    return memorized(probs, job.selection().labels, stable)
+def _selection_memorized(ctx) -> bool:
+    probs, stable = ctx.selection_reference()
+    return memorized(probs, ctx.selection().labels, stable)
