@@ -81,6 +81,7 @@ class ExportOptions:
     max_drop: float = 0.5  # points vs the float model: the int8 budget
     search: str = "auto"  # auto: search each int8 artifact for the fastest within budget; none: one fixed recipe
     strict: bool = False  # an artifact over budget exits 3 instead of warning
+    temperature: float | None = None  # logits divided by this in every file; None: the run's fitted one (report.json)
     bias_correction: bool = True  # the search corrects each int8 candidate's biases against float first
     qat: bool = False
     qat_epochs: int = 2
@@ -101,6 +102,8 @@ class ExportOptions:
         """Reject bad combinations up front, with one-line errors (the one place options are validated)."""
         if self.max_drop < 0:
             raise EdgeclfError(f"--max-drop must be >= 0 (got {self.max_drop})")
+        if self.temperature is not None and not 0 < self.temperature < float("inf"):
+            raise EdgeclfError(f"--temperature must be a positive number (got {self.temperature})")
         if self.io not in IO_TYPES:
             raise EdgeclfError(f"--io {self.io!r}: choose one of {', '.join(IO_TYPES)}")
         if self.search not in SEARCH_MODES:

@@ -137,6 +137,7 @@ class SourceInfo(TypedDict, total=False):
     versions: dict[str, str]  # library versions of the export
     max_drop_pt: float  # the --max-drop it was exported with
     search: str  # --search
+    temperature: float  # the model's logits are divided by this in every file (1: raw scores)
     run: str  # the run folder (a run export)
     data: str  # the data folder it was validated on
     reference: dict  # the float reference: artifact, val_top1, val_images, the Keras check

@@ -668,3 +668,54 @@ def test_train_and_export_print_no_tensorflow_chatter(small_run, exported):
                          "deprecat", "tensorflow/", "tf_tfl"):
                 assert word not in low, line
     assert "val top-1" in train_log and "verifying on" in exported.log
+
+
+def test_temperature_calibrates_an_over_confident_model_in_every_format(run_dir, exported, tmp_path):
+    """Training fits a temperature on validation and the default export folds it into every file; a model
+    made over-confident on purpose (its logits times 4) gets a temperature that lowers its calibration error,
+    and every exported format and backend gives the same calibrated scores."""
+    import keras
+
+    from edgeclf import temperature
+    from edgeclf.convert.calibration import load_images
+    from edgeclf.runtime import ModelRef, open_backend
+
+    val = resolve_val(run_dir)
+    images = load_images(val, IMGSZ, IMGSZ, "bilinear")
+    labels = np.array([s.label for s in val])
+    trained = keras.saving.load_model(run_dir / "weights" / "best.keras", compile=False)
+    raw = np.asarray(trained.predict(images.astype(np.float32), batch_size=64, verbose=0))
+
+    # the session's export carries the temperature training fitted (report.json), folded into the model
+    report = json.loads((run_dir / "report.json").read_text())
+    t_run = report["calibration"]["temperature"]
+    assert report["calibration"]["fitted_on"] == "validation" and t_run != 1.0
+    bundle = load_bundle(exported.out_dir)
+    assert bundle.source["temperature"] == t_run
+    p32 = open_backend(ModelRef.from_bundle(bundle, "tflite-fp32"), threads=2).predict(images)
+    np.testing.assert_allclose(p32, temperature.scale(raw, t_run), atol=1e-4)
+
+    over = tmp_path / "over"
+    shutil.copytree(run_dir, over, ignore=shutil.ignore_patterns("export", "bench*"))
+    last = trained.layers[-1]
+    last.set_weights([w * 4 for w in last.get_weights()])
+    trained.save(over / "weights" / "best.keras")
+    p_over = temperature.scale(raw, 0.25)  # the over-confident model's scores
+    cal = temperature.calibrate(p_over, labels, "validation")
+    t = cal["temperature"]
+    assert t == pytest.approx(4 * t_run, rel=0.05)
+    assert cal["ece_after"] < cal["ece_before"] / 2, cal
+
+    out = tmp_path / "e"
+    formats = "tflite-fp32,tflite-fp16,tflite-int8,onnx-fp32,onnx-int8"
+    result = export_model(ExportOptions(target=over, out=out, int8=True, formats=formats, search="none",
+                                        calib_images=CALIB, temperature=t))
+    assert result.exit_code == EXIT_OK, result.failures
+    bundle = load_bundle(out)
+    assert bundle.source["temperature"] == t and len(bundle.artifacts) == 5
+    want = temperature.scale(p_over, t)
+    for art in bundle.artifacts:
+        got = open_backend(ModelRef.from_bundle(bundle, art), threads=2).predict(images)
+        diff = np.abs(got - want).mean()
+        assert diff < (1e-4 if art.precision == "fp32" else 0.01 if art.precision == "fp16" else 0.04), (art.name, diff)
+        assert temperature.ece(got, labels) < cal["ece_before"] / 2, art.name

@@ -58,6 +58,18 @@ def test_report_is_real_and_reproducible(small_run, hymenoptera):
     probs = model.predict(x, batch_size=64, verbose=0)
     top1 = float((probs.argmax(1) == np.array([s.label for s in val])).mean())
     assert abs(top1 - report["top1"]) <= 0.02, (top1, report["top1"])
+    # the scores val_predictions.csv records are the saved model's, calibrated by the temperature training
+    # fitted on these images (export folds the same temperature into every file)
+    from edgeclf import temperature
+    from edgeclf.rundir import read_predictions
+
+    cal = report["calibration"]
+    assert cal["fitted_on"] == "validation" and cal["images"] == 153 and 0.05 <= cal["temperature"] <= 20
+    labels = np.array([s.label for s in val])
+    assert cal["ece_before"] == pytest.approx(temperature.ece(probs, labels), abs=0.01)
+    scaled = temperature.scale(probs, cal["temperature"])
+    scores = np.array([float(r["score"]) for r in read_predictions(small_run)])
+    np.testing.assert_allclose(scores, scaled.max(axis=1), atol=2e-3)
 
 
 def test_holdout_images_are_never_trained_on(small_run):

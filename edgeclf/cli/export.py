@@ -32,6 +32,10 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
               help="The search shifts each int8 layer's bias so its outputs average float's on calibration images "
                    "(NNCF's and AIMET's post-training step): same file size and speed, fewer answers changed.")
 @click.option("--strict", is_flag=True, help="Exit 3 when a model is over --max-drop (default: warn, exit 0).")
+@click.option("--temperature", type=float, default=None,
+              help="Divide the model's logits by this in every exported file, so that its scores are calibrated "
+                   "(no answer changes). Default: the temperature training fitted on the validation images "
+                   "(report.json's calibration); 1 keeps the raw scores.")
 @click.option("--calib-images", type=int, default=default(ExportOptions, "calib_images"), show_default=True,
               help="Calibration images, drawn stratified from the training split (warning under 100).")
 @click.option("--selection-images", type=int, default=default(ExportOptions, "selection_images"), show_default=True,

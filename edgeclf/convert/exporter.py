@@ -214,6 +214,13 @@ def export_model(options: ExportOptions) -> ExportResult:
     t0 = time.perf_counter()
     model = load_keras(source.model_path)
     _check_model(model, source)
+    temperature = options.temperature if options.temperature is not None else source.temperature
+    if temperature is not None and temperature != 1.0:
+        from edgeclf.temperature import fold_into_keras
+
+        fold_into_keras(model, temperature)  # every format is converted from this model: all carry it
+        log.info("scores calibrated: logits divided by temperature %.3g (%s)", temperature,
+                 "--temperature" if options.temperature is not None else "fitted by training, report.json")
 
     bundle = Bundle(classes=list(source.classes),
                     input=InputSpec(height=source.imgsz, width=source.imgsz, resize=source.resize),
@@ -291,8 +298,10 @@ def _source_info(source: ExportSource, options: ExportOptions) -> dict:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    temperature = options.temperature if options.temperature is not None else source.temperature
     info = {"backbone": source.backbone, "model": str(source.model_path), "keras_val_top1": source.keras_val_top1,
-            "versions": versions, "max_drop_pt": options.max_drop, "search": options.search}
+            "versions": versions, "max_drop_pt": options.max_drop, "search": options.search,
+            "temperature": temperature if temperature is not None else 1.0}
     if source.run_dir is not None:
         info["run"] = str(source.run_dir)
     if "data" in source.info:

@@ -20,6 +20,14 @@ def training(run_dir: Path, rep: dict | None) -> tuple[str, str, str]:
             f"{rep['macro_f1']:.3f} on {rep['images']} images (best epoch {rep.get('best_epoch')} of "
             f"{rep.get('epochs_run')}, {rep.get('train_seconds', 0):.0f} s of training on {rep.get('train_images')} "
             f"images)."))
+        cal = rep.get("calibration") or {}
+        if cal.get("fitted_on"):
+            body.append(paragraph(
+                f"Scores calibrated: temperature {cal['temperature']:.3g} fitted on the {cal.get('images')} "
+                f"validation images; expected calibration error {cal['ece_before']:.3f} before, "
+                f"{cal['ece_after']:.3f} after (cross-fitted). Every exported file carries it."))
+        elif cal.get("note"):
+            body.append(paragraph(f"Scores not calibrated ({cal['note']}).", "muted"))
     else:
         body.append(paragraph("training has not finished: no report.json yet", "muted"))
     body.append(image(thumbs.png(run_dir / "results.png"), "loss, accuracy and learning rate per epoch"))

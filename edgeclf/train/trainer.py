@@ -357,6 +357,7 @@ class _Session:
         state = self.run.state
         cm, top5, self.val_probs = self._counts("val")
         rep = metrics.report_from_counts(cm, self.ds.classes, top5)
+        rep["calibration"], self.val_probs = _calibration(self.val_probs, [s.label for s in self.ds.val], self.cfg.seed)
         rep["wrong"] = int(cm.sum() - np.trace(cm))
         rep["predictions"] = rundir.PREDICTIONS
         rep.update(model=self.cfg.model, imgsz=self.size, best_epoch=state.best_epoch, epochs_run=state.epoch,
@@ -396,6 +397,26 @@ class _Session:
         from edgeclf.page import try_build
 
         try_build(run_dir)
+
+
+def _calibration(probs: np.ndarray, labels: list[int], seed: int) -> tuple[dict, np.ndarray]:
+    """Temperature scaling fitted on the validation images (:mod:`edgeclf.temperature`): report.json's
+    ``calibration`` and the scores as the exported model will give them (export folds the temperature in).
+    No answer changes. Not fitted when validation has too few images, or no wrong answer to learn from (then
+    the likelihood would only grow by making the model ever more sure of itself)."""
+    from edgeclf import temperature
+
+    labels = np.asarray(labels)
+    wrong = int((probs.argmax(axis=1) != labels).sum())
+    if len(labels) < temperature.MIN_IMAGES or wrong == 0:
+        why = (f"{len(labels)} validation images (under {temperature.MIN_IMAGES})" if len(labels) < temperature.MIN_IMAGES
+               else f"no wrong answer among the {len(labels)} validation images")
+        return {"temperature": 1.0, "fitted_on": None, "note": f"not fitted: {why}",
+                "ece_before": round(temperature.ece(probs, labels), 4)}, probs
+    cal = temperature.calibrate(probs, labels, "validation", seed=seed)
+    log.info(f"scores calibrated: temperature {cal['temperature']:.3g} fitted on {len(labels)} validation images, "
+             f"expected calibration error {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} (cross-fitted)")
+    return cal, temperature.scale(probs, cal["temperature"]).astype(np.float32)
 
 
 def _sha(items: list[str]) -> str:
