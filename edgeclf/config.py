@@ -15,7 +15,7 @@ IO_TYPES = ("uint8", "int8", "float")  # input/output of the full-integer TFLite
 SEARCH_MODES = ("auto", "none")
 ONNX_CALIBRATE_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIB_IMAGES = 300
-DEFAULT_SELECTION_IMAGES = 500
+DEFAULT_SELECTION_IMAGES = 300  # without a holdout: two random views of each (600 judged)
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainConfig:
     cache_views: int = 2  # augmented copies of each training image in the feature cache
     cache_dir: str | None = None  # the feature cache folder (None: $EDGECLF_CACHE_DIR or ~/.cache/edgeclf)
     val_split: float = 0.2
-    holdout: float = 0.1  # share of the training split never trained on: export's int8 search judges on it
+    holdout: float = 0.0  # share of the training split never trained on (export's int8 search judges on it then)
     seed: int = 0
     resize: str = "bilinear"
     project: str = "runs/train"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 ECE_BINS = 15
+CROSS_FIT_REPEATS = 10  # random halvings the "after" ECE is averaged over
 MIN_IMAGES = 30  # fewer labelled images than this: no temperature is fitted (one or two images would set it)
 T_RANGE = (0.05, 20.0)  # a fitted T outside this is clipped: beyond it the scores are all 1/k or all 1
 MIN_PROB = 1e-38  # log(0) guard: a float32 softmax rounds scores below its smallest normal number (~1.2e-38) to zero
@@ -79,18 +80,24 @@ def fit(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((a + b) / 2))
 
 
-def cross_fitted_ece(probs: np.ndarray, labels: np.ndarray, folds: int = 2, seed: int = 0) -> float:
+def cross_fitted_ece(probs: np.ndarray, labels: np.ndarray, folds: int = 2, repeats: int = CROSS_FIT_REPEATS,
+                     seed: int = 0) -> float:
     """The ECE after scaling, each image scaled by a temperature fitted on the *other* folds: what T does on
-    images it was not fitted on (a temperature fitted and scored on the same images flatters itself)."""
+    images it was not fitted on (a temperature fitted and scored on the same images flatters itself). Averaged
+    over ``repeats`` random splits: on 150 images one split's figure moves by +-0.03 with the split alone."""
     probs, labels = np.asarray(probs), np.asarray(labels)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    scaled = np.empty_like(probs, dtype=np.float64)
-    for k in range(folds):
-        held = order[k::folds]
-        rest = np.setdiff1d(order, held)
-        t = fit(probs[rest], labels[rest]) if len(rest) else 1.0
-        scaled[held] = scale(probs[held], t)
-    return ece(scaled, labels)
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(repeats):
+        order = rng.permutation(len(labels))
+        scaled = np.empty_like(probs, dtype=np.float64)
+        for k in range(folds):
+            held = order[k::folds]
+            rest = np.setdiff1d(order, held)
+            t = fit(probs[rest], labels[rest]) if len(rest) else 1.0
+            scaled[held] = scale(probs[held], t)
+        found.append(ece(scaled, labels))
+    return float(np.mean(found))
 
 
 def calibrate(probs: np.ndarray, labels: np.ndarray, fitted_on: str, seed: int = 0) -> dict:
@@ -98,7 +105,8 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, fitted_on: str, seed: int =
     t = fit(probs, labels)
     return {"temperature": round(t, 4), "fitted_on": fitted_on, "images": int(len(labels)),
             "ece_before": round(ece(probs, labels), 4), "ece_after": round(cross_fitted_ece(probs, labels, seed=seed), 4),
-            "ece_after_measured": "2-fold cross-fitted: each image scaled by a temperature fitted on the other half",
+            "ece_after_measured": f"2-fold cross-fitted, mean of {CROSS_FIT_REPEATS} random halvings: each image "
+                                  f"scaled by a temperature fitted on the other half",
             "nll_before": round(nll(probs, labels), 4), "nll_after": round(nll(scale(probs, t), labels), 4)}
 
 

@@ -82,7 +82,7 @@ def test_two_workers_train_one_run_with_the_same_weights(tmp_path, hymenoptera):
 
     from edgeclf.train.cache import weights_digest
 
-    cluster = Cluster(tmp_path, hymenoptera, ["--epochs", "1", "--fine-tune-epochs", "1"])
+    cluster = Cluster(tmp_path, hymenoptera, ["--epochs", "1", "--fine-tune-epochs", "1", "--holdout", "0.1"])
     cluster.run("first")
     run = cluster.project / "dist"
     assert sorted(p.name for p in cluster.project.iterdir()) == ["dist"]  # the other worker wrote no run folder

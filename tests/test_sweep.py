@@ -65,6 +65,29 @@ def test_resume_after_a_kill_redoes_nothing_finished(swept):
         assert json.loads((folder / "runs" / f"mobilenet_v2_035-{size}" / "split.json").read_text()) == split
 
 
+def test_holdout_images_are_never_trained_on_and_judge_the_int8_search(swept):
+    """`--holdout 0.2` (the sweep's training option): the held-out images are in split.json, out of the training
+    split and out of the feature cache training fits on, and export's int8 search judged on them."""
+    import yaml
+
+    from edgeclf.contract import load_bundle
+    from edgeclf.data.dataset import Dataset
+
+    run = swept["folder"] / "runs" / FIRST
+    ds = Dataset.load(run / "split.json")
+    held, train = {s.path for s in ds.holdout}, {s.path for s in ds.train}
+    assert len(held) == 49 and not held & train and not held & {s.path for s in ds.val}
+    assert {s.label for s in ds.holdout} == {0, 1}
+    report = json.loads((run / "report.json").read_text())
+    assert (report["train_images"], report["holdout_images"]) == (len(train), 49)
+    cache = report["feature_cache"]
+    views = yaml.safe_load((run / "args.yaml").read_text())["cache_views"]
+    cuts = sum(1 for k in cache["entries"] if k.startswith("train@"))
+    assert cache["rows_computed"] + cache["rows_reused"] == cuts * (len(train) * (1 + views) + len(ds.val))
+    art = load_bundle(run / "export").artifact("tflite-int8")
+    assert art.extra["selection_from"] == "holdout" and art.extra["selection_images"] <= 49
+
+
 def test_rows_front_and_failed_candidates(swept):
     sweep, folder = swept["sweep"], swept["folder"]
     rows = sweep["rows"]

@@ -16,9 +16,9 @@ N = 100
 LABELS = np.array([i % 2 for i in range(N)])
 
 
-def _probs(pred: np.ndarray) -> np.ndarray:
-    p = np.full((len(pred), 2), 0.1, np.float32)
-    p[np.arange(len(pred)), pred] = 0.9
+def _probs(pred: np.ndarray, conf: float = 0.9) -> np.ndarray:
+    p = np.full((len(pred), 2), 1 - conf, np.float32)
+    p[np.arange(len(pred)), pred] = conf
     return p
 
 
@@ -38,8 +38,8 @@ def judge(tmp_path, monkeypatch):
     table: dict[bytes, tuple[np.ndarray, float]] = {}
 
     def fake_run(self, data, images, latency):
-        pred, p50 = table[data]
-        return _probs(pred[images[:, 0, 0, 0].astype(int)]), (p50 if latency else None)
+        pred, p50, *conf = table[data]
+        return _probs(pred[images[:, 0, 0, 0].astype(int)], *conf), (p50 if latency else None)
 
     monkeypatch.setattr(search.Judge, "_run", fake_run)
     images = np.zeros((N, 2, 2, 3), np.uint8)
@@ -50,9 +50,10 @@ def judge(tmp_path, monkeypatch):
     return j
 
 
-def cand(judge, name: str, pred: np.ndarray, tier: int = 0, p50: float = 1.0, size: int = 10, **recipe):
+def cand(judge, name: str, pred: np.ndarray, tier: int = 0, p50: float = 1.0, size: int = 10, conf: float = 0.9,
+         **recipe):
     data = name.encode() + b"." * size
-    judge.table[data] = (pred, p50)
+    judge.table[data] = (pred, p50, conf)
     return search.Candidate(Recipe("test", name, **recipe), lambda: data, tier=tier)
 
 
@@ -90,6 +91,29 @@ def test_same_speed_tie_goes_to_the_smaller_and_slower_ones_are_named(judge):
     outcomes = {t.label[0]: t.outcome for t in result.trials}
     assert outcomes == {"C": "within budget, slower", "B": "chosen", "A": "within budget, larger"}
     assert [t.label[0] for t in result.trials] == ["C", "B", "A"]  # the trace is in measurement order
+
+
+def test_the_graded_judge_separates_candidates_top_1_cannot(judge, monkeypatch):
+    """On images the model has learned, a faithful candidate and a bad one both agree with float on every
+    top-1 answer; the bad one's scores moved (0.9 -> 0.6 where float says 0.9). The judge's KL divergence tells
+    them apart: at the same expected speed the faithful one is chosen though it is larger and measured
+    second, and when none is within budget the faithful one is kept."""
+    bad = cand(judge, "BAD", REFERENCE, size=5, conf=0.6)
+    good = cand(judge, "GOOD", REFERENCE, size=50)
+    judge.measure(bad)  # measured ahead, same tier
+    result = search.run_search(judge, [good, bad])
+    by = {t.label[:4]: t for t in result.trials}
+    assert by["BAD "].selection_agreement == by["GOOD"].selection_agreement == 1.0
+    assert by["BAD "].selection_drop_pt == by["GOOD"].selection_drop_pt == 0.0
+    assert by["GOOD"].selection_kl == pytest.approx(0.0, abs=1e-6)
+    kl = 0.9 * np.log(0.9 / 0.6) + 0.1 * np.log(0.1 / 0.4)  # per image, float's 0.9 against 0.6
+    assert by["BAD "].selection_kl == pytest.approx(kl, rel=1e-4)
+    assert result.chosen.label.startswith("GOOD") and by["BAD "].outcome == "within budget, less faithful"
+
+    judge.measured.clear()
+    monkeypatch.setattr(search.Judge, "within", lambda self, trial: False)
+    result = search.run_search(judge, [bad, good])
+    assert not result.within_budget and result.chosen.label.startswith("GOOD")
 
 
 def test_nothing_within_budget_keeps_the_most_accurate_and_never_a_collapsed_one(judge):

@@ -56,8 +56,8 @@ d = partial(default, TrainConfig)
 @click.option("--val-split", type=float, default=d("val_split"), show_default=True,
               help="Validation share when DATA is not split.")
 @click.option("--holdout", type=float, default=d("holdout"), show_default=True,
-              help="Share of the training images never trained on: export's int8 search judges its candidates "
-                   "on them (0: none; export then judges on training images).")
+              help="Share of the training images never trained on, for export's int8 search to judge on (0: "
+                   "none, export judges on random views of training images, as good a judge, measured).")
 @click.option("--seed", type=int, default=d("seed"), show_default=True)
 @click.option("--split-from", type=click.Path(path_type=str), default=d("split_from"),
               help="Train on the exact train/holdout/val split of this run folder (or split.json), without "

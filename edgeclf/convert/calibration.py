@@ -111,6 +111,39 @@ class SelectionSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def views(self, n: int, seed: int = 0) -> "SelectionSet":
+        """``n`` random views of each image (:func:`random_views`), labelled as their image."""
+        return SelectionSet(random_views(self.images, n, seed), np.repeat(self.labels, n),
+                            [p for p in self.paths for _ in range(n)])
+
+
+def random_views(images: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random views of each image (uint8 NHWC, same size): a crop of 55-90 % of the side at a random
+    place, resized back, mirrored half the time, its brightness and contrast each scaled by 0.75-1.25.
+
+    Inputs the model never saw exactly, though they show what it learned: a model that gets every training
+    image right gets most but not all of these right (98 % on flowers), and an int8 copy of it changes about
+    as many of their answers as it changes on new photos (measured: ``benchmarks/results/judge_study.md``)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = images.shape[1:3]
+    out = np.empty((len(images) * n, h, w, 3), np.uint8)
+    k = 0
+    for img in images:
+        for _ in range(n):
+            side = rng.uniform(0.55, 0.9)
+            ch, cw = max(1, int(h * side)), max(1, int(w * side))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            v = cv2.resize(img[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            if rng.random() < 0.5:
+                v = v[:, ::-1]
+            mean = v.mean()
+            v = (v - mean) * rng.uniform(0.75, 1.25) + mean * rng.uniform(0.75, 1.25)
+            out[k] = np.clip(v, 0, 255).astype(np.uint8)
+            k += 1
+    return out
+
 
 def split_training(train_samples: list, n_calib: int, n_select: int, seed: int = 0) -> tuple[list, list]:
     """Disjoint stratified draws from the training split: (calibration, selection).

@@ -33,6 +33,7 @@ from edgeclf.status import Status
 
 log = get_logger(__name__)
 
+SELECTION_VIEWS = 2  # random views of each selection image the int8 search judges on (runs without a holdout)
 
 
 def load_keras(path: Path):
@@ -79,17 +80,15 @@ class ExportContext:
             if held and n_select > 0:
                 return (split_training(self.source.train, self.options.calib_images, 0, self.options.seed)[0],
                         stratified_sample(held, n_select, self.options.seed + 1))
-            if n_select > 0:
-                log.info("this model's run held no images out of training (edgeclf train --holdout): the int8 "
-                         "search judges on training images, which the model may have learned by heart")
             return split_training(self.source.train, self.options.calib_images, n_select, self.options.seed)
 
         return self.cached("training-split", make)
 
     @property
     def selection_from(self) -> str:
-        """Where the selection images come from: ``holdout`` (never trained on) or ``train``."""
-        return "holdout" if self.source.holdout else "train"
+        """Where the selection images come from: ``holdout`` (the run held them out of training) or ``views``
+        (random views of training images that are not calibration images)."""
+        return "holdout" if self.source.holdout else "views"
 
     def calibration(self) -> CalibrationSet:
         if self.options.calibration is not None:  # given (tests, the Python API)
@@ -114,14 +113,21 @@ class ExportContext:
                                                         inp.width, inp.resize))
 
     def selection(self) -> SelectionSet:
-        """Labelled images disjoint from calibration and validation, held out of training when the run did so:
-        the search's judge."""
+        """The search's judge: labelled images disjoint from calibration and validation. The images the run
+        held out of training when it did so; else ``SELECTION_VIEWS`` random views of each selected training
+        image (:func:`edgeclf.convert.calibration.random_views`: a model gets every training image right, so
+        an int8 copy of it agrees on them whatever its quality; on views of them it does not)."""
         samples = self._training_split()[1]
         if not samples:
             raise EdgeclfError("the int8 search needs selection images: the training split has too few "
                                "images (use --search none)")
         inp = self.bundle.input
-        return self.cached("selection", lambda: selection_set(samples, inp.height, inp.width, inp.resize))
+
+        def make():
+            chosen = selection_set(samples, inp.height, inp.width, inp.resize)
+            return chosen if self.source.holdout else chosen.views(SELECTION_VIEWS, self.options.seed)
+
+        return self.cached("selection", make)
 
     def float_tflite(self) -> bytes:
         """The fp32 TFLite model (the float reference), converted once."""

@@ -36,6 +36,7 @@ MIN_RANKED_GROUPS = 8  # ... but ranks at least this many groups
 
 CHOSEN, WITHIN, OVER, FAILED, COLLAPSED, SKIPPED = ("chosen", "within budget", "over budget", "failed", "collapsed",
                                                    "skipped")
+KL_EPS = 1e-7  # a score below this counts as this in the KL divergence (an int8 output's smallest step is 1/256)
 MAX_CANDIDATE_SECONDS = 300  # a candidate whose judgement would take longer is skipped (16-bit on a big backbone)
 
 
@@ -66,6 +67,7 @@ class Trial:
     selection_agreement: float | None = None
     selection_lost: int | None = None  # judged selection images float gets right and this candidate not
     selection_gained: int | None = None  # ... and the other way round
+    selection_kl: float | None = None  # mean KL divergence of its scores from float's (nats): how far it moved
     p50_ms: float | None = None
     bytes: int = 0
     seconds: float = 0.0
@@ -76,6 +78,8 @@ class Trial:
         for k in ("selection_top1", "selection_agreement"):
             if d[k] is not None:
                 d[k] = round(d[k], 4)
+        if d["selection_kl"] is not None:
+            d["selection_kl"] = round(d["selection_kl"], 6)
         if d["p50_ms"] is not None:
             d["p50_ms"] = round(d["p50_ms"], 3)
         d["seconds"] = round(d["seconds"], 1)
@@ -95,7 +99,7 @@ class Judge:
     work_dir: Path
     threads: int | None = None
     stable: np.ndarray | None = None  # images the drop is judged on (see edgeclf.convert.search); None: all
-    selection_from: str = "train"  # "holdout": images the run held out of training; "train": training images
+    selection_from: str = "views"  # "holdout": images the run held out of training; "views": random views of training images
     measured: dict[Recipe, tuple[Trial, bytes | None]] = field(default_factory=dict)
     probs_of: dict[Recipe, np.ndarray] = field(default_factory=dict)
 
@@ -134,6 +138,7 @@ class Judge:
         trial.selection_top1, trial.selection_drop_pt, trial.selection_agreement = cmp.top1, cmp.drop_pt, cmp.agreement
         test = mcnemar_exact(pred[keep], self.reference_pred[keep], self.labels[keep])
         trial.selection_lost, trial.selection_gained = test.only_reference_right, test.only_model_right
+        trial.selection_kl = kl_divergence(self.reference_probs[keep], probs[keep])
         reason = verify.collapse_reason(pred, self.labels, len(self.bundle.classes), metrics.top1(pred, self.labels),
                                         metrics.top1(self.reference_pred, self.labels), self.bundle.classes,
                                         verify.predicted_share(self.reference_pred, len(self.bundle.classes)),
@@ -146,9 +151,9 @@ class Judge:
                 trial.note = (f"{trial.selection_lost} lost, {trial.selection_gained} gained of {self.judged}: "
                               f"not shown to be over budget")
         trial.seconds = time.perf_counter() - t0
-        log.info("  %-44s drop %+.2f pt, agreement %.1f%%, p50 %.2f ms, %.2f MB, %.0f s", trial.label,
-                 trial.selection_drop_pt, 100 * trial.selection_agreement, trial.p50_ms, trial.bytes / 1e6,
-                 trial.seconds)
+        log.info("  %-44s drop %+.2f pt, agreement %.1f%%, KL %.4f, p50 %.2f ms, %.2f MB, %.0f s", trial.label,
+                 trial.selection_drop_pt, 100 * trial.selection_agreement, trial.selection_kl, trial.p50_ms,
+                 trial.bytes / 1e6, trial.seconds)
         self.measured[candidate.recipe] = (trial, data)
         return trial, data
 
@@ -213,7 +218,7 @@ class Judge:
                  if r in self.probs_of and (tiers is None or t.tier in tiers)]
         if not found:
             return None
-        return min(found, key=lambda tr: (tr[0].selection_drop_pt, -tr[0].selection_agreement, tr[0].tier))
+        return min(found, key=lambda tr: rank_key(tr[0]))
 
     def ranking_images(self, recipe: Recipe) -> np.ndarray:
         """Indices of the selection images where ``recipe``'s model differs most from float."""
@@ -251,6 +256,24 @@ class Judge:
                  "(mean |dp| %.4f quantized; best reverted %.4f)", len(scored), len(worst),
                  time.perf_counter() - t0, baseline, scored[0][0] if scored else baseline)
         return scored
+
+
+def kl_divergence(reference: np.ndarray, probs: np.ndarray) -> float:
+    """Mean KL(reference || probs) over the images, in nats: how far a candidate's scores moved from float's.
+    Graded where top-1 agreement is not: it tells a faithful candidate from a worse one on images both get
+    right (0: the same scores)."""
+    if not len(reference):
+        return 0.0
+    p = np.clip(np.asarray(reference, np.float64), KL_EPS, 1.0)
+    q = np.clip(np.asarray(probs, np.float64), KL_EPS, 1.0)
+    return float((p * (np.log(p) - np.log(q))).sum(axis=1).mean())
+
+
+def rank_key(trial: Trial) -> tuple:
+    """The judge's order of candidates, most faithful first: the top-1 drop on the selection images, then the
+    KL divergence from float (graded: it separates candidates the drop cannot), then the expected speed."""
+    kl = trial.selection_kl if trial.selection_kl is not None else float("inf")
+    return trial.selection_drop_pt, kl, -trial.selection_agreement, trial.tier
 
 
 def _recipe_dict(recipe: Recipe) -> dict:

@@ -56,6 +56,10 @@ class ExportResult:
         return next(r for r in self.rows if r.name == name)
 
 
+_SELECTION_FROM = {"holdout": " held out of training", "views": " (random views of training images)",
+                   "train": " (training images)"}
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n else "-"
 
@@ -68,7 +72,7 @@ def print_search(result: ExportResult, console) -> None:
         left_out = f", {search.unstable} unstable left out" if search.unstable else ""
         table = Table(title=f"{name}: int8 search, {len(search.trials)} candidates in {search.seconds:.0f} s; budget "
                             f"{result.bundle.source.get('max_drop_pt')} pt on {search.judged} selection images"
-                            f"{' held out of training' if search.selection_from == 'holdout' else ' (training images)'}"
+                            f"{_SELECTION_FROM.get(search.selection_from, '')}"
                             f"{left_out}", title_justify="left")
         for col, just in (("candidate", "left"), ("sel. drop", "right"), ("agree", "right"), ("p50", "right"),
                           ("size", "right"), ("time", "right"), ("outcome", "left")):

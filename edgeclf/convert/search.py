@@ -6,24 +6,28 @@ and one generic *ladder* (:func:`ladder`) walks it for every format, from the fa
 the slowest -- recipes first (calibration method and size, per-channel, 7- or 8-bit weights, the ONNX
 operator format), then the same model with its most sensitive layers kept in float in growing groups,
 then 16-bit activations. Each candidate is built, loaded through the edgeclf runtime (the backend
-``run`` and ``bench`` use) and judged by :class:`edgeclf.convert.judge.Judge` on the *selection* images: labelled images that ``edgeclf train``
-held out of training (``--holdout``; for a run without them, training images not used for calibration).
-The validation split is never looked at here, so the figure export reports on it afterwards is not the
-one the search tuned on. Images the model never trained on matter: a model fine-tuned until it gets
-every training image right agrees with any int8 copy of itself on them, and the search could not tell
-a good recipe from a bad one.
+``run`` and ``bench`` use) and judged by :class:`edgeclf.convert.judge.Judge` on the *selection* images:
+two random views of each of up to ``--selection-images`` training images that are not calibration images
+(:func:`edgeclf.convert.calibration.random_views`), or, for a run trained with ``--holdout``, the images it
+held out. Training images as they are would not do: a model fine-tuned until it gets every one right agrees
+with any int8 copy of itself on them. Views of them it has not seen, and an int8 copy changes about as many of
+their answers as of new photos (``benchmarks/results/judge_study.md``). The validation split is never looked at
+here, so the figure export reports on it afterwards is not the one the search tuned on.
 
 Every recipe is tried with its int8 biases corrected against float first (:mod:`edgeclf.convert.biascorr`:
 same size and speed, a third to a sixth as many answers changed on MobileNetV2), then as the quantizer
 left it. A candidate is *within budget* when the selection images do not show it to be over: its drop on them is at
 most ``--max-drop``, or above it by less than they can resolve (``over_budget``: a one-sided 95 % paired
-test; on 289 images one image is 0.35 pt, so a candidate two images down is not shown to lose more than
-half a point, while a broken recipe tens of images down is). Without that, the search would rank
+test; on 600 views one view is 0.17 pt, so a candidate three views down is not shown to lose more than
+half a point, while a broken recipe tens of views down is). Without that, the search would rank
 candidates on one or two images' luck and walk past a faithful candidate to a worse one (measured: on
 flowers, a bias-corrected model two held-out images down was passed over for 7-bit weights that then
-changed three times as many validation answers). The first candidate within budget wins; among candidates of the same expected speed that were both
-measured, the smaller wins. When none is within budget the most accurate is kept and export warns.
-Every candidate tried is recorded (``Trial``) in ``edgeclf.json``.
+changed three times as many validation answers). The first candidate within budget wins. Candidates are also
+scored by a graded measure, the mean KL divergence of their scores from float's, which tells a faithful
+candidate from a worse one where both give the same answers: among candidates of the same expected speed both
+within budget the closer to float wins (then the smaller), and when none is within budget the most accurate,
+then the closest to float, is kept and export warns. Every candidate tried is recorded (``Trial``) in
+``edgeclf.json``.
 
 Selection images on which the float model itself is unstable -- its top-1 class changes when the
 pixels move by +-2 levels -- are left out of the judgement: whatever any quantized model predicts for
@@ -48,7 +52,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 from edgeclf.contract import Recipe
 # the judge's names, for callers of the search (its candidates, trials, outcomes and the budget rule)
 from edgeclf.convert.judge import (CHOSEN, COLLAPSED, FAILED, LATENCY_RUNS, OVER, SKIPPED, UNSTABLE_DRAWS,  # noqa: F401
-                                   UNSTABLE_NOISE, WITHIN, Candidate, Judge, TooSlow, Trial)
+                                   UNSTABLE_NOISE, WITHIN, Candidate, Judge, TooSlow, Trial, kl_divergence, rank_key)
 from edgeclf.log import get_logger
 from edgeclf.stats import mcnemar_exact, over_budget  # noqa: F401 (API)
 
@@ -142,7 +146,7 @@ class SearchResult:
     seconds: float = 0.0
     judged: int = 0  # selection images the drop was measured on
     unstable: int = 0  # selection images left out (the float model's own top-1 flips under pixel noise)
-    selection_from: str = "train"  # "holdout": images the run held out of training; "train": training images
+    selection_from: str = "views"  # "holdout": images the run held out of training; "views": random views of training images
 
     def selection_record(self) -> dict:
         """What ``edgeclf.json`` says of the images this search judged on."""
@@ -196,10 +200,11 @@ def run_search(judge: Judge, ladder: Iterable[Candidate]) -> SearchResult:
         trial, data = judge.measure(candidate)
         if data is None or not judge.within(trial):
             continue
-        # a candidate of the same expected speed measured before and also within budget: the smaller
+        # a candidate of the same expected speed measured before and also within budget: the more faithful
+        # (lower KL divergence from float), then the smaller
         same_tier = [(t, d) for t, d in judge.measured.values()
                      if d is not None and t.tier == trial.tier and judge.within(t)]
-        chosen, data = min(same_tier, key=lambda td: td[0].bytes)  # min keeps the first on a tie
+        chosen, data = min(same_tier, key=lambda td: (_graded(td[0]), td[0].bytes))  # min keeps the first on a tie
         return _finish(judge, chosen, data, True, t0)
     usable = [(t, d) for t, d in judge.measured.values() if d is not None]
     if not usable:
@@ -213,9 +218,14 @@ def run_search(judge: Judge, ladder: Iterable[Candidate]) -> SearchResult:
 
 
 def _better(a: Trial, b: Trial) -> bool:
-    """More accurate on selection (then: agrees more with float, then expected faster)."""
-    return (a.selection_drop_pt, -a.selection_agreement, a.tier) < (b.selection_drop_pt, -b.selection_agreement,
-                                                                   b.tier)
+    """More accurate on selection (then: closer to float's scores, agrees more with float, expected faster)."""
+    return rank_key(a) < rank_key(b)
+
+
+def _graded(t: Trial) -> float:
+    """The KL divergence rounded to 3 significant digits: two candidates that far apart are told apart, two
+    equal to the noise of the kernels are not (the smaller file then wins)."""
+    return float(f"{t.selection_kl:.3g}") if t.selection_kl is not None else float("inf")
 
 
 def _finish(judge: Judge, chosen: Trial, data: bytes, within: bool, t0: float) -> SearchResult:
@@ -225,8 +235,8 @@ def _finish(judge: Judge, chosen: Trial, data: bytes, within: bool, t0: float) -
             t.outcome = CHOSEN if within else "kept (best, over budget)"
         elif t.outcome == WITHIN:  # not taken: expected slower, or as fast but larger, or not bias-corrected
             same = dict(t.recipe, bias_correction=chosen.recipe.get("bias_correction")) == chosen.recipe
-            t.outcome = "within budget, " + ("not bias-corrected" if same else
-                                             "larger" if t.tier == chosen.tier else "slower")
+            t.outcome = "within budget, " + ("not bias-corrected" if same else "slower" if t.tier != chosen.tier
+                                             else "less faithful" if _graded(t) > _graded(chosen) else "larger")
     recipe = Recipe.from_dict(chosen.recipe)
     return SearchResult(data, recipe, trials, within, chosen, time.perf_counter() - t0, judge.judged,
                         len(judge.labels) - judge.judged, judge.selection_from)

@@ -281,10 +281,10 @@ def judge_budget(ctx, rows: list[ExportRow], warn, searches: dict) -> None:
                 where = (f" (within budget on the {search.judged} selection images: {row.selection_drop_pt:+.2f} pt"
                          + (f", {c.selection_lost} lost and {c.selection_gained} gained" if c.selection_lost is not None
                             else "") + ")")
-            if search is not None and ctx.selection_from == "train" and _selection_memorized(ctx):
-                where += (" — the float model classifies every selection image correctly (training images it has "
-                          "learned), so the int8 candidates could not be told apart on them; retrain with "
-                          "--holdout so that export judges on images the model never saw")
+            if search is not None and ctx.selection_from != "holdout" and _selection_memorized(ctx):
+                where += (" — the float model classifies every selection image correctly (views of training "
+                          "images it has learned), so the int8 candidates could not be told apart on them; "
+                          "retrain with --holdout 0.1 so that export judges on images the model never saw")
             sig = f" ({row.significance})" if row.significance else ""
             warn(f"{row.name} loses {row.drop_pt:.2f} pt on validation{sig} (> --max-drop {opts.max_drop}){where}; "
                  f"try {advice(row.name, fmt_precision, opts.qat)}")
