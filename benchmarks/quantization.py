@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
 
 
+SELECTION_FROM = {"holdout": "held out of training", "views": "random views of training images"}
+
+
 def edgeclf(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "edgeclf", *args], capture_output=True, text=True)
@@ -137,9 +140,9 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
         "measured in the same bench (this machine is shared: read ratios within a run, not absolute times).",
         "",
         "Budget: `--max-drop 0.5` (the default): each int8 model within 0.5 pt of top-1 of the fp32 model. The search "
-        "judges candidates on selection images: the images the run held out of training (`edgeclf train --holdout`, "
-        "never trained on, not calibration, not validation; runs without a holdout: training images); the "
-        "validation column is what export then verifies, on images the search never saw.",
+        "judges candidates on selection images: two random views of each of up to 300 training images that are not "
+        "calibration images (runs trained with `--holdout`: the images held out); the validation column is what "
+        "export then verifies, on images the search never saw.",
         "",
     ]
     for r in results:
@@ -148,7 +151,7 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
         lines += [f"## {r['name']} ({r['bundle_search']['source'].get('backbone')} "
                   f"{r['bundle_search']['input']['height']} px), Keras val top-1 {r['keras_val_top1']:.2%}", "",
                   f"Selection: {sel.get('selection_images', '-')} images judged "
-                  f"({'held out of training' if sel.get('selection_from') == 'holdout' else 'training images'}"
+                  f"({SELECTION_FROM.get(sel.get('selection_from'), 'training images')}"
                   f"{', ' + str(sel['selection_unstable']) + ' unstable left out' if sel.get('selection_unstable') else ''}).",
                   ""]
         lines += ["| artifact | recipe chosen | selection drop | val drop | val lost / gained, McNemar p | val top-1 | p50 "
