@@ -39,8 +39,8 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
 @click.option("--calib-images", type=int, default=default(ExportOptions, "calib_images"), show_default=True,
               help="Calibration images, drawn stratified from the training split (warning under 100).")
 @click.option("--selection-images", type=int, default=default(ExportOptions, "selection_images"), show_default=True,
-              help="Labelled training images (not calibration, not validation) the int8 search judges on; at "
-                   "most half of the training split.")
+              help="Training images (not calibration, not validation) whose random views (two each) the int8 "
+                   "search judges on; at most half of the training split.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning (tfmot, under tf_keras) before the "
                                           "int8 TFLite conversion; for backbones that lose too much in PTQ.")
 @click.option("--qat-epochs", type=click.IntRange(0), default=default(ExportOptions, "qat_epochs"), show_default=True,
@@ -69,9 +69,10 @@ def command(source, **opts) -> None:
     RUN_DIR_OR_MODEL is a run folder of `edgeclf train` (its weights/best.keras, classes, input size and
     exact train/val split are used) or a bare .keras file (then --data is required).
 
-    Each int8 model is searched for the fastest recipe within --max-drop, judged on labelled images the
-    run held out of training (edgeclf train --holdout), never on validation; the choice and every
-    candidate tried are recorded in edgeclf.json.
+    Each int8 model is searched for the fastest recipe within --max-drop, judged on random views of
+    training images that are not calibration images (or on the images a run trained with --holdout
+    held out), never on validation; the choice and every candidate tried are recorded in edgeclf.json.
+    The temperature training fitted is folded into every file (--temperature to override).
     Every model is then loaded back through the edgeclf runtime and evaluated on the validation split
     (top-1, agreement with the float model, drop in points) before success is reported.
 

@@ -125,7 +125,7 @@ class ExportContext:
 
         def make():
             chosen = selection_set(samples, inp.height, inp.width, inp.resize)
-            return chosen if self.source.holdout else chosen.views(SELECTION_VIEWS, self.options.seed)
+            return chosen if self.selection_from == "holdout" else chosen.views(SELECTION_VIEWS, self.options.seed)
 
         return self.cached("selection", make)
 
@@ -220,8 +220,8 @@ def export_model(options: ExportOptions) -> ExportResult:
     t0 = time.perf_counter()
     model = load_keras(source.model_path)
     _check_model(model, source)
-    temperature = options.temperature if options.temperature is not None else source.temperature
-    if temperature is not None and temperature != 1.0:
+    temperature = options.temperature if options.temperature is not None else (source.temperature or 1.0)
+    if temperature != 1.0:
         from edgeclf.temperature import fold_into_keras
 
         fold_into_keras(model, temperature)  # every format is converted from this model: all carry it
@@ -230,7 +230,7 @@ def export_model(options: ExportOptions) -> ExportResult:
 
     bundle = Bundle(classes=list(source.classes),
                     input=InputSpec(height=source.imgsz, width=source.imgsz, resize=source.resize),
-                    source=_source_info(source, options))
+                    source=_source_info(source, options, temperature))
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = out_dir / CONTRACT_FILE
     if stale.exists():  # a half-finished re-export must not look complete with the old contract
@@ -295,7 +295,7 @@ def _check_model(model, source: ExportSource) -> None:
                            f"{len(source.classes)} classes ({', '.join(source.classes[:5])}...)")
 
 
-def _source_info(source: ExportSource, options: ExportOptions) -> dict:
+def _source_info(source: ExportSource, options: ExportOptions, temperature: float) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -304,10 +304,8 @@ def _source_info(source: ExportSource, options: ExportOptions) -> dict:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
-    temperature = options.temperature if options.temperature is not None else source.temperature
     info = {"backbone": source.backbone, "model": str(source.model_path), "keras_val_top1": source.keras_val_top1,
-            "versions": versions, "max_drop_pt": options.max_drop, "search": options.search,
-            "temperature": temperature if temperature is not None else 1.0}
+            "versions": versions, "max_drop_pt": options.max_drop, "search": options.search, "temperature": temperature}
     if source.run_dir is not None:
         info["run"] = str(source.run_dir)
     if "data" in source.info:
