@@ -56,13 +56,20 @@ class RunInfo:
         """Validation top-1 from ``report.json`` (None when training has not finished)."""
         return report_top1(self.dir)
 
+    def temperature(self) -> float | None:
+        """The temperature training fitted (``report.json``'s ``calibration``), or None."""
+        t = (_report(self.dir).get("calibration") or {}).get("temperature")
+        return float(t) if isinstance(t, (int, float)) and t > 0 else None
+
+
+def _report(run_dir: Path) -> dict:
+    from edgeclf.fsutil import read_json_dict
+
+    return read_json_dict(Path(run_dir) / REPORT)
+
 
 def report_top1(run_dir: Path) -> float | None:
-    try:
-        d = json.loads((Path(run_dir) / REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    v = d.get("top1") if isinstance(d, dict) else None
+    v = _report(run_dir).get("top1")
     return float(v) if isinstance(v, (int, float)) else None
 
 

@@ -37,15 +37,6 @@ class ExportSource:
         return base / EXPORT
 
 
-def run_temperature(run_dir: Path) -> float | None:
-    """The temperature training fitted (``report.json``'s ``calibration``), or None."""
-    from edgeclf.fsutil import read_json_dict
-    from edgeclf.rundir import REPORT
-
-    t = (read_json_dict(Path(run_dir) / REPORT).get("calibration") or {}).get("temperature")
-    return float(t) if isinstance(t, (int, float)) and t > 0 else None
-
-
 def _check_keras_file(path: Path) -> None:
     if not path.is_file():
         raise EdgeclfError(f"{path}: no such model file")
@@ -93,7 +84,7 @@ def resolve_source(target: str | Path, data: str | None = None, labels: str | No
         return ExportSource(model_path, list(run.classes), int(imgsz or run.imgsz),
                             resize or run.config.resize or DEFAULT_RESIZE, ds.train, ds.val, ds.holdout, run_dir=target,
                             backbone=run.config.model, keras_val_top1=run.val_top1(),
-                            temperature=run_temperature(target),
+                            temperature=run.temperature(),
                             info={"run": str(target), "data": str(ds.root)})
     if target.suffix != ".keras":
         if not target.exists():
