@@ -15,7 +15,7 @@ IO_TYPES = ("uint8", "int8", "float")  # input/output of the full-integer TFLite
 SEARCH_MODES = ("auto", "none")
 ONNX_CALIBRATE_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIB_IMAGES = 300
-DEFAULT_SELECTION_IMAGES = 300  # without a holdout: two random views of each (600 judged)
+DEFAULT_SELECTION_IMAGES = 300  # without a holdout: two random views of each (600 judged; more views of fewer)
 
 
 @dataclass
@@ -34,6 +34,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine (with warmup) | plateau
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
+    ema: float = 0.0  # > 0: validate, checkpoint and keep a moving average of the weights (momentum per step)
     class_weights: str = "none"  # none | auto
     patience: int = 5  # early stopping, epochs without val accuracy gain
     head_units: int = 0

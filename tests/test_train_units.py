@@ -99,6 +99,43 @@ def test_lr_warms_up_then_decays_by_cosine_to_one_percent():
     assert lr_at(0, one, warmup_epochs=5) == pytest.approx(1e-4)  # a one-epoch stage has no warmup
 
 
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_the_weight_average_warms_up_then_follows_its_momentum(keras, name):
+    """--ema: after each step the average is m * average + (1 - m) * weights, m = min(M, (1 + t) / (10 + t)); it
+    is what SwapEMAWeights puts in the model for validation and checkpoints, and training goes on from the
+    raw weights after."""
+    import numpy as np
+
+    from edgeclf.train.optimizers import make_optimizer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    model.compile(optimizer=make_optimizer(name, 0.05, 0.9), loss="mse")
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(32, 2)).astype("float32")
+    expected = [w.copy() for w in model.get_weights()]
+    raw = []
+    for t in range(30):  # one step per batch, the weights read after each
+        model.train_on_batch(x, y)
+        weights = [v.numpy() for v in model.optimizer._trainable_variables]
+        m = min(0.9, (1 + t) / (10 + t))
+        expected = [m * a + (1 - m) * w for a, w in zip(expected, weights)]
+        raw.append(weights)
+    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+    for a, e in zip(averages, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(averages[0], raw[-1][0])  # an average, not the last weights
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    swap.set_model(model)
+    swap.set_params({"epochs": 3})
+    swap.on_epoch_end(0)  # validation and checkpoints see the average
+    np.testing.assert_allclose(model.get_weights()[0], expected[0], rtol=1e-5, atol=1e-6)
+    swap.on_epoch_begin(1)  # the next epoch trains the raw weights again
+    np.testing.assert_allclose(model.get_weights()[0], raw[-1][0], rtol=1e-5, atol=1e-6)
+    plain = make_optimizer(name, 0.05, 0.0)
+    assert not plain.use_ema
+
+
 def test_plan_stages():
     cfg = TrainConfig(data="d", model="mobilenet_v2", epochs=3, fine_tune_epochs=2, unfreeze="12", lr=1e-3,
                       fine_tune_lr=1e-5)

@@ -305,3 +305,13 @@ def test_one_budget_rule_for_the_search_and_the_export():
     _judge_budget(job, [close, broken], warnings.append, {})
     assert close.status == Status.OK and "not shown to be over --max-drop 0.5" in close.note
     assert broken.status == Status.DROP and len(warnings) == 1 and warnings[0].startswith("onnx-int8 loses 5.43 pt")
+
+
+def test_a_small_training_split_is_judged_on_more_views_of_each_image():
+    """Two views of each of 300 images resolve half a point (600 judged); a small split's selection (half of it)
+    gets more views of each, up to a cap, so that its judge resolves about as much."""
+    from edgeclf.convert.exporter import MAX_SELECTION_VIEWS, SELECTION_VIEWS, SELECTION_VIEWS_JUDGED, selection_views
+
+    assert selection_views(300) == SELECTION_VIEWS == 2 and selection_views(1000) == 2
+    assert selection_views(122) == 5 and 122 * 5 >= SELECTION_VIEWS_JUDGED  # hymenoptera: half of 245
+    assert selection_views(200) == 3 and selection_views(10) == MAX_SELECTION_VIEWS

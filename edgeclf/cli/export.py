@@ -39,8 +39,9 @@ FORMAT_HELP = ("Comma list of formats: tflite-fp32, tflite-fp16, tflite-dynamic,
 @click.option("--calib-images", type=int, default=default(ExportOptions, "calib_images"), show_default=True,
               help="Calibration images, drawn stratified from the training split (warning under 100).")
 @click.option("--selection-images", type=int, default=default(ExportOptions, "selection_images"), show_default=True,
-              help="Training images (not calibration, not validation) whose random views (two each) the int8 "
-                   "search judges on; at most half of the training split.")
+              help="Training images (not calibration, not validation) whose random views the int8 search "
+                   "judges on (two each, up to six when fewer than 300: about 600 in all); at most half of the "
+                   "training split.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning (tfmot, under tf_keras) before the "
                                           "int8 TFLite conversion; for backbones that lose too much in PTQ.")
 @click.option("--qat-epochs", type=click.IntRange(0), default=default(ExportOptions, "qat_epochs"), show_default=True,

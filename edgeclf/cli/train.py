@@ -33,6 +33,9 @@ d = partial(default, TrainConfig)
               help="cosine with warmup, or reduce-on-plateau.")
 @click.option("--warmup-epochs", type=int, default=d("warmup_epochs"), show_default=True)
 @click.option("--label-smoothing", type=float, default=d("label_smoothing"), show_default=True)
+@click.option("--ema", type=click.FloatRange(0, 0.9999), default=d("ema"), show_default=True,
+              help="Keep an exponential moving average of the weights with this momentum per step (warmed up over "
+                   "the first steps): validation, checkpoints and the final model use the average. 0: off.")
 @click.option("--class-weights", type=click.Choice(["none", "auto"]), default=d("class_weights"), show_default=True)
 @click.option("--patience", type=int, default=d("patience"), show_default=True,
               help="Early stopping: epochs without gain.")

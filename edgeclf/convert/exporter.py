@@ -33,7 +33,15 @@ from edgeclf.status import Status
 
 log = get_logger(__name__)
 
-SELECTION_VIEWS = 2  # random views of each selection image the int8 search judges on (runs without a holdout)
+SELECTION_VIEWS = 2  # random views of each selection image the int8 search judges on (runs without a holdout) ...
+SELECTION_VIEWS_JUDGED = 600  # ... or more views of each, up to MAX_SELECTION_VIEWS, until this many are judged
+MAX_SELECTION_VIEWS = 6
+
+
+def selection_views(images: int) -> int:
+    """Random views judged per selection image: ``SELECTION_VIEWS``, more for a small training split (its
+    selection takes half of it), so that about ``SELECTION_VIEWS_JUDGED`` views resolve half a point."""
+    return max(SELECTION_VIEWS, min(MAX_SELECTION_VIEWS, -(-SELECTION_VIEWS_JUDGED // max(images, 1))))
 
 
 def load_keras(path: Path):
@@ -114,7 +122,7 @@ class ExportContext:
 
     def selection(self) -> SelectionSet:
         """The search's judge: labelled images disjoint from calibration and validation. The images the run
-        held out of training when it did so; else ``SELECTION_VIEWS`` random views of each selected training
+        held out of training when it did so; else :func:`selection_views` random views of each selected training
         image (:func:`edgeclf.convert.calibration.random_views`: a model gets every training image right, so
         an int8 copy of it agrees on them whatever its quality; on views of them it does not)."""
         samples = self._training_split()[1]
@@ -125,7 +133,9 @@ class ExportContext:
 
         def make():
             chosen = selection_set(samples, inp.height, inp.width, inp.resize)
-            return chosen if self.selection_from == "holdout" else chosen.views(SELECTION_VIEWS, self.options.seed)
+            if self.selection_from == "holdout":
+                return chosen
+            return chosen.views(selection_views(len(chosen)), self.options.seed)
 
         return self.cached("selection", make)
 
@@ -156,9 +166,10 @@ class ExportContext:
                 pred = probs.argmax(axis=1)
                 rng = np.random.default_rng(self.options.seed)
                 stable = np.ones(len(pred), bool)
-                for _ in range(search.UNSTABLE_DRAWS):
-                    noise = rng.integers(-search.UNSTABLE_NOISE, search.UNSTABLE_NOISE + 1, images.shape)
-                    noisy = np.clip(images.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+                wide = images.astype(np.int16)
+                for _ in range(search.UNSTABLE_DRAWS):  # (small integer types: 600 views are 90 M values)
+                    noise = rng.integers(-search.UNSTABLE_NOISE, search.UNSTABLE_NOISE + 1, images.shape, np.int8)
+                    noisy = np.clip(wide + noise, 0, 255).astype(np.uint8)
                     stable &= predict(noisy).argmax(axis=1) == pred
             finally:
                 backend.close()

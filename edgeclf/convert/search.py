@@ -7,8 +7,9 @@ the slowest -- recipes first (calibration method and size, per-channel, 7- or 8-
 operator format), then the same model with its most sensitive layers kept in float in growing groups,
 then 16-bit activations. Each candidate is built, loaded through the edgeclf runtime (the backend
 ``run`` and ``bench`` use) and judged by :class:`edgeclf.convert.judge.Judge` on the *selection* images:
-two random views of each of up to ``--selection-images`` training images that are not calibration images
-(:func:`edgeclf.convert.calibration.random_views`), or, for a run trained with ``--holdout``, the images it
+random views (:func:`edgeclf.convert.calibration.random_views`) of up to ``--selection-images`` training images
+that are not calibration images, two of each (more for a small training split:
+:func:`edgeclf.convert.exporter.selection_views`), or, for a run trained with ``--holdout``, the images it
 held out. Training images as they are would not do: a model fine-tuned until it gets every one right agrees
 with any int8 copy of itself on them. Views of them it has not seen, and an int8 copy changes about as many of
 their answers as of new photos (``benchmarks/results/judge_study.md``). The validation split is never looked at

@@ -9,7 +9,9 @@
    is computed once per image and augmented view by LiteRT (:mod:`edgeclf.train.features`), so that
    only the part above the cut trains in Keras;
 4. run each stage (stage 1 trains the head on the frozen backbone; stage 2 unfreezes the top
-   ``--unfreeze`` layers at a lower learning rate, batch-norm layers frozen, in inference mode);
+   ``--unfreeze`` layers at a lower learning rate, batch-norm layers frozen, in inference mode); with
+   ``--ema``, validation, checkpoints and the final model use a moving average of the weights
+   (:mod:`edgeclf.train.optimizers`);
 5. evaluate the best weights on the validation (and test) split;
 6. report: ``report.json``, the plots.
 
@@ -284,6 +286,7 @@ class _Session:
 
         from edgeclf.models.build import set_trainable
         from edgeclf.train.callbacks import EpochCheckpoint
+        from edgeclf.train.optimizers import make_optimizer
 
         cfg, state, stage = self.cfg, self.run.state, self.run.stages[stage_index]
         if not state.stage_finished(stage_index, stage):
@@ -301,13 +304,16 @@ class _Session:
             # (weighted_metrics) and the loss divide by the weights, not by the batch size.
             padded = self.cluster.workers > 1
             with self.cluster.scope():
-                optimizer = (keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop)(stage.lr)
+                optimizer = make_optimizer(cfg.optimizer, stage.lr, cfg.ema)
                 loss = keras.losses.CategoricalCrossentropy(
                     label_smoothing=cfg.label_smoothing,
                     reduction="mean_with_sample_weight" if padded else "sum_over_batch_size")
                 fit_model.compile(optimizer=optimizer, loss=loss, metrics=None if padded else ["accuracy"],
                                   weighted_metrics=["accuracy"] if padded else None)
-            callbacks = [EpochCheckpoint(self.recorder, stage_index, stage)]
+            # with --ema, the averaged weights are swapped in for validation and the checkpoints (so "best" is
+            # the best average, and the model continues from it), and out again for the next epoch's training
+            callbacks = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []) \
+                + [EpochCheckpoint(self.recorder, stage_index, stage)]
             if cfg.schedule == "cosine":
                 callbacks.append(keras.callbacks.LearningRateScheduler(
                     lambda e, _lr: lr_at(e, stage, cfg.warmup_epochs)))
