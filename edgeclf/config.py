@@ -25,7 +25,7 @@ class TrainConfig:
     imgsz: int | None = None  # None: the backbone's default
     weights: str = "imagenet"  # imagenet | none | path to a .h5/.weights.h5
     epochs: int = 15  # stage 1: backbone frozen, head trained
-    fine_tune_epochs: int = 12  # stage 2: top layers unfrozen (0: skip)
+    fine_tune_epochs: int = 8  # stage 2: top layers unfrozen (0: skip)
     unfreeze: str = "20"  # top weighted backbone layers trained in stage 2, or "all" (MobileNetV2: its last 3 blocks)
     batch: int = 32
     lr: float = 1e-3
@@ -34,7 +34,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine (with warmup) | plateau
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
-    ema: float = 0.0  # > 0: validate, checkpoint and keep a moving average of the weights (momentum per step)
+    ema: float = 0.99  # > 0: validate, checkpoint and keep a moving average of the weights (momentum per step)
     class_weights: str = "none"  # none | auto
     patience: int = 5  # early stopping, epochs without val accuracy gain
     head_units: int = 0
@@ -67,6 +67,7 @@ class TrainConfig:
             raise EdgeclfError(f"{path}: cannot read the run's settings ({exc})") from exc
         known = {f.name for f in fields(cls)}
         d.setdefault("holdout", 0.0)  # runs from before the holdout held nothing out
+        d.setdefault("ema", 0.0)  # ... nor averaged their weights
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
