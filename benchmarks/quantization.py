@@ -140,8 +140,9 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
         "measured in the same bench (this machine is shared: read ratios within a run, not absolute times).",
         "",
         "Budget: `--max-drop 0.5` (the default): each int8 model within 0.5 pt of top-1 of the fp32 model. The search "
-        "judges candidates on selection images: two random views of each of up to 300 training images that are not "
-        "calibration images (runs trained with `--holdout`: the images held out); the validation column is what "
+        "judges candidates on selection images: random views of up to 300 training images that are not calibration "
+        "images, two of each, more (up to six) for a small training split so that about 600 are judged (runs "
+        "trained with `--holdout`: the images held out); the validation column is what "
         "export then verifies, on images the search never saw.",
         "",
     ]
