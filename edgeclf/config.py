@@ -25,8 +25,8 @@ class TrainConfig:
     imgsz: int | None = None  # None: the backbone's default
     weights: str = "imagenet"  # imagenet | none | path to a .h5/.weights.h5
     epochs: int = 15  # stage 1: backbone frozen, head trained
-    fine_tune_epochs: int = 8  # stage 2: top layers unfrozen (0: skip)
-    unfreeze: str = "20"  # top weighted backbone layers trained in stage 2, or "all" (MobileNetV2: its last 3 blocks)
+    fine_tune_epochs: int = 4  # stage 2: top layers unfrozen (0: skip)
+    unfreeze: str = "38"  # top weighted backbone layers trained in stage 2, or "all" (MobileNetV2: its last 6 blocks)
     batch: int = 32
     lr: float = 1e-3
     fine_tune_lr: float = 1e-4

@@ -23,8 +23,8 @@ d = partial(default, TrainConfig)
 @click.option("--fine-tune-epochs", type=int, default=d("fine_tune_epochs"), show_default=True,
               help="Stage 2: top layers unfrozen (0: skip).")
 @click.option("--unfreeze", default=d("unfreeze"), show_default=True,
-              help="Top weighted backbone layers (batch-norm included) trained in stage 2, or 'all' (20: MobileNetV2's "
-                   "last three blocks). More trains above a lower cut: slower epochs.")
+              help="Top weighted backbone layers (batch-norm included) trained in stage 2, or 'all' (38: MobileNetV2's "
+                   "last six blocks and its last 1x1 convolution). More trains above a lower cut: slower epochs.")
 @click.option("--batch", type=int, default=d("batch"), show_default=True)
 @click.option("--lr", type=float, default=d("lr"), show_default=True, help="Stage 1 learning rate.")
 @click.option("--fine-tune-lr", type=float, default=d("fine_tune_lr"), show_default=True, help="Stage 2 learning rate.")
