@@ -92,6 +92,45 @@ def qat_run(run: Path, work: Path) -> dict:
             "reference_top1": bundle["source"]["reference"]["val_top1"]}
 
 
+def changed_answers(export: Path, data: str) -> dict:
+    """For each int8 file of ``export``: the validation images whose top-1 differs from the fp32 TFLite model's,
+    with the float model's margin there (log of its top score over its runner-up) and that margin's rank among
+    all validation images (0: the least certain), and how many of the int8 file's answers are exact ties."""
+    import numpy as np
+
+    from edgeclf.imageio import load_resized
+    from edgeclf.runtime.backends import open_backend
+
+    split = json.loads((export / "val_split.json").read_text())
+    size = json.loads((export / "edgeclf.json").read_text())["input"]["height"]
+    files, labels = split["files"], np.array(split["labels"])
+    images = np.stack([load_resized(Path(data) / f, size, size) for f in files])
+
+    def scores(artifact: str) -> np.ndarray:
+        backend = open_backend(export, artifact=artifact)
+        try:
+            return np.concatenate([backend.predict(images[i:i + 32]) for i in range(0, len(images), 32)])
+        finally:
+            backend.close()
+
+    ref = scores("tflite-fp32").astype(np.float64)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    margin = np.log(np.clip(top2[:, 1], 1e-9, 1)) - np.log(np.clip(top2[:, 0], 1e-9, 1))
+    rank = margin.argsort().argsort() / max(1, len(margin) - 1)
+    out = {}
+    for artifact in ("tflite-int8", "onnx-int8"):
+        q = scores(artifact)
+        qs = np.sort(q, axis=1)
+        changed = np.flatnonzero(q.argmax(1) != ref.argmax(1))
+        out[artifact] = {
+            "images": len(files), "ties": int((qs[:, -1] == qs[:, -2]).sum()),
+            "changed": [{"file": files[i], "label": int(labels[i]), "float_top": float(top2[i, 1]),
+                         "float_margin": round(float(margin[i]), 4), "margin_rank": round(float(rank[i]), 4),
+                         "lost": bool(ref[i].argmax() == labels[i]), "gained": bool(q[i].argmax() == labels[i]),
+                         "tie": bool(qs[i, -1] == qs[i, -2])} for i in changed]}
+    return out
+
+
 def one_run(run: Path, work: Path) -> dict:
     name = run.name
     w = work / name
@@ -117,6 +156,7 @@ def one_run(run: Path, work: Path) -> dict:
         raise SystemExit(proc.stdout + proc.stderr)
     result["bench"] = bench_rows(w / "bench")
     result["bench_seconds"] = round(seconds, 1)
+    result["changed"] = changed_answers(w / "search", data)
     return result
 
 
@@ -171,6 +211,16 @@ def markdown(results: list[dict], mach: dict, command: str, qat: list[dict] = ()
                          f"{_p(a['extra'].get('mcnemar_p'))} | "
                          f"{a['val_top1']:.2%} | {q['p50_ms']:.2f} ms | {q['p50_ms'] / f['p50_ms']:.2f}x "
                          f"({f['p50_ms']:.2f} ms) | {a['bytes'] / 1e6:.2f} MB |")
+        for fmt, c in r.get("changed", {}).items():
+            ch = c["changed"]
+            if not ch:
+                lines += ["", f"{fmt}: no validation answer changed."]
+                continue
+            ranks = ", ".join(f"{x['margin_rank']:.1%}" + (" lost" if x["lost"] else " gained" if x["gained"] else "")
+                              + (" (a tie)" if x["tie"] else "") for x in sorted(ch, key=lambda x: x["margin_rank"]))
+            lines += ["", f"{fmt}: {len(ch)} of {c['images']} validation answers changed; where the float model is "
+                          f"that uncertain (its margin's rank among the validation images, 0 % the least certain): "
+                          f"{ranks}. Exact ties between the int8 file's two top scores: {c['ties']}."]
         none = {f"{x['format']}-{x['precision']}": x for x in r["bundle_none"]["artifacts"]}
         lines += ["", "`--search none` (the earlier single recipe) on the same run, for comparison:", "",
                   "| artifact | recipe | val drop | p50 |", "|---|---|---|---|"]

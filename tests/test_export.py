@@ -167,6 +167,23 @@ def test_int8_quantization_parameters_applied(exported, hymenoptera):
         scales = [inits[n.input[4]] for n in model.graph.node if n.op_type == "QLinearConv"]
     assert scales and max(s.size for s in scales) > 1
 
+    # the classifier's last layer and softmax run in float: the logits are not rounded to 256 levels nor the
+    # scores to steps of 1/256 (two close classes would tie, and argmax would pick the first)
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    softmax = produced_by[model.graph.output[0].name]
+    assert softmax.op_type == "Softmax"
+    linear = produced_by[softmax.input[0]]
+    assert linear.op_type in ("Gemm", "MatMul", "Add"), linear.op_type
+    from edgeclf.runtime.backends import open_backend
+
+    images = np.stack([load_resized(f, IMGSZ, IMGSZ, "bilinear")
+                       for f in sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:8]])
+    backend = open_backend(exported.out_dir, artifact="onnx-int8")
+    scores = backend.predict(images)
+    backend.close()
+    steps = scores * 256
+    assert np.abs(steps - np.round(steps)).max() > 1e-3, "int8 ONNX scores are quantized to steps of 1/256"
+
 
 def test_tflite_metadata_readable_back(exported):
     from edgeclf.convert.metadata import read_tflite_metadata

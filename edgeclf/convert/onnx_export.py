@@ -4,7 +4,9 @@ Every int8 candidate starts from the fp32 graph after ``quant_pre_process`` (sha
 fusion: without it tf2onnx's unfused batch-norm Mul/Add quantize to chance accuracy), calibrates once per
 method (MinMax, Percentile, Entropy; ranges cached with ``calibration_cache_path``, so the search's many
 re-quantizations skip calibration), and is verified through ONNX Runtime with its default session
-options, as any client would load it.
+options, as any client would load it. In every candidate the classifier's last linear layer and its softmax
+stay float (:func:`edgeclf.convert.onnx_quant.head_names`): a few thousand multiply-adds, and quantized they
+round the scores to steps of 1/256, on which two close classes tie.
 
 The search's ladder (:mod:`edgeclf.convert.search`), fastest expected first:
 

@@ -53,6 +53,29 @@ def first_conv_names(proto) -> list[str]:
     return found
 
 
+HEAD_OPS = {"Softmax", "Gemm", "MatMul", "Add", "Mul", "Div", "Identity", "Reshape", "Flatten", "Squeeze"}
+
+
+def head_names(proto) -> list[str]:
+    """The classifier's last linear layer and what follows it to the output (its bias, the temperature, the
+    softmax): kept in float in every int8 model. They cost a few thousand multiply-adds, and quantized they
+    round the logits to 256 levels of their range and the scores to steps of 1/256, so that two classes close
+    to each other tie (argmax then picks the first; measured on hymenoptera: a validation image lost to a
+    tie) and ``--threshold`` sees coarse scores."""
+    produced_by = {o: n for n in proto.graph.node for o in n.output}
+    found, stack = [], [o.name for o in proto.graph.output]
+    while stack:
+        node = produced_by.get(stack.pop())
+        if node is None or node.op_type not in HEAD_OPS or node.name in found:
+            continue
+        found.append(node.name)
+        if node.op_type in ("MatMul", "Gemm"):  # the last linear layer: stop there
+            continue
+        stack.extend(i for i in node.input if i in produced_by)
+    return found if any(produced_by[o].op_type in ("MatMul", "Gemm") for o in produced_by
+                        if produced_by[o].name in found) else []
+
+
 def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str = "minmax",
                   reduce_range: bool = True, work_dir: Path | None = None, float_stem: bool = True):
     """Static QDQ int8 ``onnx.ModelProto`` from an fp32 one, calibrated on ``calibration``.
@@ -77,7 +100,8 @@ def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str
             raise EdgeclfError(f"onnxruntime quant_pre_process failed ({first}); is sympy installed?") from exc
         cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}[method]
-        exclude = first_conv_names(onnx.load(str(pre))) if float_stem else []
+        pre_proto = onnx.load(str(pre))
+        exclude = (first_conv_names(pre_proto) if float_stem else []) + head_names(pre_proto)
         try:
             quantize_static(str(pre), str(q), calibration.ort_reader(INPUT_NAME), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QInt8,
@@ -145,6 +169,7 @@ class Quantizer:
             first = first_line(exc)
             raise EdgeclfError(f"onnxruntime quant_pre_process failed ({first}); is sympy installed?") from exc
         self.model = onnx.load(str(self.pre))
+        self.head = tuple(head_names(self.model))  # kept in float in every recipe
         self._caches: dict[str, Path] = {}
         self._n = 0
 
@@ -228,7 +253,8 @@ class Quantizer:
                                 quant_format=QuantFormat.QDQ if recipe.quant_format == "QDQ" else QuantFormat.QOperator,
                                 per_channel=recipe.per_channel, reduce_range=recipe.weight_bits == 7,
                                 activation_type=act, weight_type=QuantType.QInt8,
-                                calibrate_method=_method(recipe.calibration), nodes_to_exclude=list(exclude),
+                                calibrate_method=_method(recipe.calibration),
+                                nodes_to_exclude=list(dict.fromkeys(self.head + tuple(exclude))),
                                 calibration_cache_path=str(self.cache(recipe.calibration)))
         except Exception as exc:
             first = first_line(exc)
