@@ -63,17 +63,17 @@ def head_names(proto) -> list[str]:
     to each other tie (argmax then picks the first; measured on hymenoptera: a validation image lost to a
     tie) and ``--threshold`` sees coarse scores."""
     produced_by = {o: n for n in proto.graph.node for o in n.output}
-    found, stack = [], [o.name for o in proto.graph.output]
+    found, stack, linear = [], [o.name for o in proto.graph.output], False
     while stack:
         node = produced_by.get(stack.pop())
         if node is None or node.op_type not in HEAD_OPS or node.name in found:
             continue
         found.append(node.name)
         if node.op_type in ("MatMul", "Gemm"):  # the last linear layer: stop there
+            linear = True
             continue
         stack.extend(i for i in node.input if i in produced_by)
-    return found if any(produced_by[o].op_type in ("MatMul", "Gemm") for o in produced_by
-                        if produced_by[o].name in found) else []
+    return found if linear else []  # no linear layer before the output: not a classifier head, nothing kept
 
 
 def quantize_int8(fp32_proto, calibration, per_channel: bool = True, method: str = "minmax",
