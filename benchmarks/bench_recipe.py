@@ -16,7 +16,7 @@ validation top-1 of the best epoch.
                       ``--plain-budget`` seconds (default 10 min, the main job's whole budget); its best epoch
                       so far is read from results.csv.
 
-    python benchmarks/bench_recipe.py                    # all four, about 35 minutes on 2 cores
+    python benchmarks/bench_recipe.py                    # all four, about 27 minutes on 2 cores
     python benchmarks/bench_recipe.py --only defaults
 """
 from __future__ import annotations
@@ -54,6 +54,18 @@ def _rows(results_csv: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+TARGETS = (90, 92, 93, 94)  # validation top-1 (%) whose time to reach each record gives
+
+
+def progress(rows: list[dict], offset: float = 0.0) -> tuple[dict | None, dict]:
+    """The best epoch of ``rows`` (results.csv's) and the seconds to reach each of ``TARGETS`` (None: never),
+    ``offset`` (the run's start-up before training) added."""
+    best = max(rows, key=lambda r: float(r["val_acc"])) if rows else None
+    reached = {f"time_to_{t}_s": next((round(float(r["elapsed"]) + offset) for r in rows
+                                       if float(r["val_acc"]) >= t / 100), None) for t in TARGETS}
+    return best, reached
+
+
 def one(name: str, args: list[str], work: Path, budget: float | None) -> dict:
     env = {**os.environ, "EDGECLF_CACHE_DIR": str(work / f"cache-{name}")}
     env.setdefault("EDGECLF_WEIGHTS_DIR", str(SHARED / "weights"))
@@ -89,12 +101,7 @@ def one(name: str, args: list[str], work: Path, budget: float | None) -> dict:
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else None
     # results.csv's "elapsed" counts from training's start (after the scan): add the start-up of this run
     offset = wall - float(rows[-1]["elapsed"]) if rows and not stopped and report else None
-    best = max(rows, key=lambda r: float(r["val_acc"])) if rows else None
-
-    def time_to(target: float):
-        hit = next((r for r in rows if float(r["val_acc"]) >= target), None)
-        return round(float(hit["elapsed"]) + (offset or 0.0)) if hit else None
-
+    best, reached = progress(rows, offset or 0.0)
     cache = (report or {}).get("feature_cache", {})
     return {"recipe": name, "args": args, "stopped_at_budget": stopped, "wall_s": round(wall, 1),
             "val_top1": report["top1"] if report else (float(best["val_acc"]) if best else None),
@@ -102,8 +109,7 @@ def one(name: str, args: list[str], work: Path, budget: float | None) -> dict:
             "best_epoch": report["best_epoch"] if report else (int(best["epoch"]) if best else None),
             "epochs": len(rows), "cache_s": cache.get("seconds_computing"),
             "trained_on": report.get("train_images") if report else None,
-            "time_to_90_s": time_to(0.90), "time_to_92_s": time_to(0.92), "time_to_93_s": time_to(0.93),
-            "time_to_94_s": time_to(0.94),
+            **reached,
             "results": [{k: r[k] for k in ("epoch", "stage", "val_acc", "elapsed")} for r in rows]}
 
 
@@ -166,11 +172,9 @@ def cut_at_budget(result: dict, budget: float) -> dict:
         if not r["stopped_at_budget"]:
             continue
         rows = [x for x in r["results"] if float(x["elapsed"]) <= budget]
-        best = max(rows, key=lambda x: float(x["val_acc"]))
+        best, reached = progress(rows)
         r.update(results=rows, epochs=len(rows), wall_s=budget, val_top1=float(best["val_acc"]),
-                 best_epoch=int(best["epoch"]),
-                 **{f"time_to_{t}_s": next((round(float(x["elapsed"])) for x in rows
-                                            if float(x["val_acc"]) >= t / 100), None) for t in (90, 92, 93, 94)})
+                 best_epoch=int(best["epoch"]), **reached)
     return result
 
 
