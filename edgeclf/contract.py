@@ -99,6 +99,8 @@ class ArtifactExtra(TypedDict, total=False):
     val_lost: int  # images the float reference gets right and this file wrong
     val_gained: int  # the other way round
     mcnemar_p: float | None  # exact McNemar p of the difference
+    val_changed: list  # each validation answer that differs from float's, with float's top two scores and margin
+    # rank (verify.changed_answers): whether the file changed answers float was sure of or near ties
     verified_with: str  # runtime and threads, e.g. "ai_edge_litert 2.3.0, 2 threads"
     verified_on: str  # the ISA it was verified on (platform.machine()): int8 kernels differ by ISA
     export_seconds: float

@@ -176,6 +176,11 @@ def test_disagreement_gallery_is_where_int8_and_float_answer_differently(page, s
     differ = {val[i].path for i in np.flatnonzero(p32.argmax(axis=1) != p8.argmax(axis=1))}
     shown = [f for f in page["dom"].figures if f["class"] == "disagreement" and f["model"] == "tflite-int8"]
     assert {f["file"] for f in shown} == differ and len(shown) == len(differ)
+    # export recorded the same changed answers, each with how sure the float model was of it
+    int8 = next(a for a in bundle.artifacts if a.name == "tflite-int8")
+    recorded = int8.extra["val_changed"]
+    assert sorted(Path(c["image"]).name for c in recorded) == sorted(Path(p).name for p in differ)
+    assert all(0 <= c["margin_rank"] <= 1 and c["float_scores"][0] >= c["float_scores"][1] for c in recorded)
     for f in shown:
         assert f["float"] != f["int8"] and f["section"] == "disagreements"
     # every int8 model of the export has its gallery heading, its count matching what export recorded

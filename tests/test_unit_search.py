@@ -315,3 +315,33 @@ def test_a_small_training_split_is_judged_on_more_views_of_each_image():
     assert selection_views(300) == SELECTION_VIEWS == 2 and selection_views(1000) == 2
     assert selection_views(122) == 5 and 122 * 5 >= SELECTION_VIEWS_JUDGED  # hymenoptera: half of 245
     assert selection_views(200) == 3 and selection_views(10) == MAX_SELECTION_VIEWS
+
+
+def test_export_records_how_sure_float_was_of_each_answer_a_file_changed():
+    """A file within budget that loses an image says how sure the float model was of it: a near tie (rank ~0 %)
+    is a coin flip between two close scores, a confident image lost would be real damage."""
+    from types import SimpleNamespace
+
+    from edgeclf.convert.results import ExportRow
+    from edgeclf.status import Status
+
+    classes = ["ants", "bees"]
+    labels = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    reference = np.array([[0.52, 0.48], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.99, 0.01], [0.05, 0.95],
+                          [0.7, 0.3], [0.3, 0.7]])
+    probs = reference.copy()
+    probs[0] = [0.46, 0.54]  # the near tie flips: lost
+    probs[3] = [0.45, 0.55]  # float got it wrong, the file right: gained
+    files = [f"val/{i}.jpg" for i in range(len(labels))]
+    changed = verify.changed_answers(reference, probs, labels, classes, files)
+    assert [c["image"] for c in changed] == ["val/0.jpg", "val/3.jpg"]  # least certain first
+    assert changed[0]["lost"] and changed[0]["margin_rank"] == 0.0 and changed[0]["float_scores"] == [0.52, 0.48]
+    assert changed[1]["gained"] and changed[1]["float"] == "ants" and changed[1]["this"] == "bees"
+    assert changed[1]["margin_rank"] == 0.125  # one of eight images is less certain
+    assert verify.changed_answers(reference, reference, labels, classes, files) == []
+    assert verify.lost_ranks(changed) == "0.0 %"
+
+    row = ExportRow("onnx-int8", "m.onnx", drop_pt=100 / 153, lost=1, gained=0, images=153, lost_ranks="0.7 %")
+    job = SimpleNamespace(options=SimpleNamespace(max_drop=0.5, qat=False), selection_from="views")
+    verify.judge_budget(job, [row], [].append, {})
+    assert row.status == Status.OK and "float's margin rank on the images lost: 0.7 %" in row.note

@@ -28,6 +28,7 @@ class ExportRow:
     lost: int | None = None  # validation images float gets right and this file wrong
     gained: int | None = None  # and the other way round
     images: int = 0  # validation images verified on
+    lost_ranks: str = ""  # the float model's margin rank on each image lost ("0.7 %"; 0: its least sure image)
     selection_drop_pt: float | None = None  # int8 searched: the drop the search judged on
     recipe: str = ""
     note: str = ""

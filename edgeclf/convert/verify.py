@@ -6,6 +6,7 @@ split: top-1, agreement with the float reference's predictions, drop in points, 
 """
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass, field
 
@@ -102,6 +103,37 @@ def assess(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str],
     return v
 
 
+MAX_CHANGED_RECORDED = 50  # changed validation answers listed per file in edgeclf.json (val_changed)
+
+
+def changed_answers(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, classes: list[str],
+                    files: list[str]) -> list[dict]:
+    """Each validation image on which a file's top-1 differs from the float reference's, with how sure the
+    float model was there: its top two scores and the rank of its margin (log top score over runner-up) among
+    the validation images (0: the image it is least sure of). An int8 file that changes only answers of
+    rank ~0 moved scores the float model itself could not separate (a near tie), not ones it was sure of.
+    Least certain first; at most ``MAX_CHANGED_RECORDED``."""
+    reference, probs = np.asarray(reference, np.float64), np.asarray(probs, np.float64)
+    ref_pred, pred = reference.argmax(axis=1), probs.argmax(axis=1)
+    top = np.sort(reference, axis=1)[:, ::-1]
+    margin = np.log(np.clip(top[:, 0], 1e-12, 1)) - np.log(np.clip(top[:, 1], 1e-12, 1)) if top.shape[1] > 1 \
+        else np.full(len(top), np.inf)
+    changed = np.where(pred != ref_pred)[0]
+    out = []
+    for i in sorted(changed, key=lambda i: margin[i])[:MAX_CHANGED_RECORDED]:
+        kind = "lost" if ref_pred[i] == labels[i] else "gained" if pred[i] == labels[i] else "changed"
+        out.append({"image": files[i], "label": classes[int(labels[i])], "float": classes[int(ref_pred[i])],
+                    "this": classes[int(pred[i])], kind: True, "float_scores": [round(float(x), 4) for x in top[i, :2]],
+                    "margin_rank": round(float((margin < margin[i]).mean()), 4)})
+    return out
+
+
+def lost_ranks(changed: list[dict]) -> str:
+    """'0.7 %' / '0.7, 1.2 %': the float model's margin ranks on the images a file lost (for a note)."""
+    ranks = [100 * c["margin_rank"] for c in changed if c.get("lost")]
+    return ", ".join(f"{r:.1f}" for r in ranks) + " %" if ranks else ""
+
+
 def significance(lost: int | None, gained: int | None, p_value: float | None, images: int) -> str:
     """'5 images lost and 0 gained of 736; McNemar p 0.06: <what that means>', for a drop's warning."""
     if lost is None or gained is None or p_value is None:
@@ -177,6 +209,7 @@ def verify_all(ctx, artifacts, rows: list[ExportRow], failures: list[str], warn,
     val = ctx.source.val[: opts.verify_images] if opts.verify_images else ctx.source.val
     log.info("verifying on %d validation images through the edgeclf runtime", len(val))
     images = load_images(val, bundle.input.height, bundle.input.width, bundle.input.resize)
+    files = [os.path.relpath(s.path, ctx.source.info["data"]).replace(os.sep, "/") for s in val]
     labels = np.array([s.label for s in val])
     bundle.root = ctx.out_dir
 
@@ -220,13 +253,16 @@ def verify_all(ctx, artifacts, rows: list[ExportRow], failures: list[str], warn,
             continue
         v = assess(fmt.name, probs, labels, bundle.classes, ref_pred, engine)
         val_probs[fmt.name] = probs
+        changed = changed_answers(ref_probs, probs, labels, bundle.classes, files)
         art.val_top1 = round(v.top1, 4)
         art.extra.update({"agreement": round(v.agreement, 4), "drop_pt": v.drop_pt, "val_images": int(len(val)),
                           "verified_with": engine, "verified_on": platform.machine(),  # int8 kernels differ by ISA
                           "val_lost": v.lost, "val_gained": v.gained,
-                          "mcnemar_p": round(v.p_value, 4) if v.p_value is not None else None})
+                          "mcnemar_p": round(v.p_value, 4) if v.p_value is not None else None,
+                          "val_changed": changed})
         row.top1, row.agreement, row.drop_pt = v.top1, v.agreement, v.drop_pt
         row.lost, row.gained, row.images = v.lost, v.gained, len(val)
+        row.lost_ranks = lost_ranks(changed)
         row.significance = significance(v.lost, v.gained, v.p_value, len(val))
         if v.collapsed:
             row.status, row.note = Status.FAILED, f"collapsed: {v.collapsed}"
@@ -264,6 +300,8 @@ def judge_budget(ctx, rows: list[ExportRow], warn, searches: dict) -> None:
             if row.drop_pt is not None and row.drop_pt > opts.max_drop:
                 row.note = (f"{row.lost} lost, {row.gained} gained of {row.images}: not shown to be over "
                             f"--max-drop {opts.max_drop:g}")
+                if row.lost_ranks:  # how sure float was of what this file lost
+                    row.note += f" (float's margin rank on the images lost: {row.lost_ranks})"
             continue
         row.status = Status.DROP
         fmt_precision = row.name.split("-", 1)[1]
