@@ -62,6 +62,7 @@ class Recipe:
     float_layers: tuple[str, ...] = ()  # layers (TFLite tensors / ONNX nodes) kept in float
     activation_type: str = "int8"  # int8 | uint8 | int16 | uint16 (ONNX Runtime's U8S8 is uint8 activations)
     bias_correction: bool = False  # int32 biases shifted so each layer's outputs average float's
+    weight_rounding: str = "nearest"  # nearest | gptq (ONNX: int8 weights rounded so their errors cancel)
 
     def format_label(self) -> str:
         """``QDQ U8S8``: the ONNX operator format with activation and weight signedness."""
@@ -76,7 +77,8 @@ class Recipe:
         parts = [self.format_label()] if self.quant_format else []
         parts += [f"{self.calibration}/{self.calibration_images}", f"w{self.weight_bits}",
                   "per-channel" if self.per_channel else "per-tensor", f"a{self.activation_bits}"]
-        text = " ".join(parts) + (" bias-corrected" if self.bias_correction else "")
+        text = " ".join(parts) + (f" {self.weight_rounding}-rounded" if self.weight_rounding != "nearest" else "")
+        text += " bias-corrected" if self.bias_correction else ""
         return text + (f", {len(self.float_layers)} float" if self.float_layers else "")
 
     @classmethod

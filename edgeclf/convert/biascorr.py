@@ -226,6 +226,22 @@ def _tflite(quantized: bytes, calibrated: bytes, images: np.ndarray, threads: in
 
 # ---------------------------------------------------------------- ONNX
 
+def output_session(proto, outputs: list[str], threads: int | None = None):
+    """An ONNX Runtime CPU session of ``proto`` that also returns the tensors ``outputs`` (the model is copied)."""
+    import onnx as onnx_lib
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    probe = onnx_lib.ModelProto()
+    probe.CopyFrom(proto)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx_lib.ValueInfoProto(name=t) for t in outputs if t not in known)
+    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, threads: int | None = None) -> bytes:
     """The ONNX correction (:func:`_onnx`); errors as for :func:`tflite`."""
     return _guard(_onnx, quantized, float_model, images, input_name, threads)
@@ -236,7 +252,6 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
     convolutions and Gemms corrected against ``float_model`` (the graph it was quantized from: same tensor
     names) on ``images`` (uint8 NHWC; the models take them as float pixels)."""
     import onnx as onnx_lib
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     model = onnx_lib.load_from_string(quantized)
@@ -299,17 +314,8 @@ def _onnx(quantized: bytes, float_model, images: np.ndarray, input_name: str, th
     if not layers:
         raise EdgeclfError("bias correction: no int32 bias in this model")
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-
     def session(proto, outputs):
-        probe = onnx_lib.ModelProto()
-        probe.CopyFrom(proto)
-        known = {o.name for o in probe.graph.output}
-        probe.graph.output.extend(onnx_lib.ValueInfoProto(name=t) for t in outputs if t not in known)
-        return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return output_session(proto, outputs, threads)
 
     refs = [m[2] for m in measured]
     sess = session(float_model, refs)

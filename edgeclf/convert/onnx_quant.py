@@ -178,8 +178,8 @@ class Quantizer:
 
     def families(self, judge) -> list:
         """One family per way ONNX Runtime runs int8 on a CPU, in the order *timed on this machine* (the three
-        MinMax probes are measured by ``judge`` first): the format's recipe bias-corrected, then as ONNX Runtime
-        leaves it, then 7-bit weights, Percentile and Entropy ranges, per-tensor weights. Only the first recipe
+        MinMax probes are measured by ``judge`` first): the format's recipe bias-corrected, then the same with
+        its weights GPTQ-rounded (:mod:`edgeclf.convert.rounding`) as well, then as ONNX Runtime leaves it, then 7-bit weights, Percentile and Entropy ranges, per-tensor weights. Only the first recipe
         of a family is corrected (a correction costs ~20 s on MobileNetV2 224; the others are reached when the
         first is broken, and correcting a broken recipe does not mend it)."""
         from edgeclf.convert.search import Candidate, Family
@@ -204,7 +204,7 @@ class Quantizer:
             recipes += [replace(probe, calibration=m) for m in methods[1:]]
             if opts.onnx_per_channel is None:
                 recipes.append(replace(probe, per_channel=False))
-            families.append(Family(10 * rank, recipes, corrected=[probe]))
+            families.append(Family(10 * rank, recipes, corrected=[probe, replace(probe, weight_rounding="gptq")]))
         return families
 
     def layer_label(self, node: str) -> str:
@@ -237,12 +237,17 @@ class Quantizer:
         (:mod:`edgeclf.convert.biascorr`) when the recipe says so."""
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+        threads = self.options.threads if self.options is not None else None
         if recipe.bias_correction:
             from edgeclf.convert import biascorr
 
             plain = self.quantize(replace(recipe, bias_correction=False), exclude)
-            return biascorr.onnx(plain, self.model, self.calibration.images, INPUT_NAME,
-                                 self.options.threads if self.options is not None else None)
+            return biascorr.onnx(plain, self.model, self.calibration.images, INPUT_NAME, threads)
+        if recipe.weight_rounding == "gptq":
+            from edgeclf.convert import rounding
+
+            nearest = self.quantize(replace(recipe, weight_rounding="nearest"), exclude)
+            return rounding.onnx(nearest, self.model, self.calibration.images, INPUT_NAME, threads)
 
         act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16}[recipe.activation_type]
         self._n += 1
