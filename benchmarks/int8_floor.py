@@ -11,7 +11,8 @@ benchmarks/results/int8_floor.md (and .json).
 Candidates, all built by edgeclf's own ONNX quantizer (:class:`edgeclf.convert.onnx_quant.Quantizer`):
 
 - every recipe of the ladder's families (three operator formats; MinMax, Percentile, Entropy ranges; 7-bit
-  weights; per-tensor weights), and each family's first recipe bias-corrected;
+  weights; per-tensor weights), and each family's first recipe bias-corrected, without and with GPTQ weight
+  rounding (:mod:`edgeclf.convert.rounding`), and the fastest one GPTQ-rounded alone;
 - float fallback as the search builds it (NNCF's ranking, 1, 2, 4 ... groups in float) from the uncorrected
   recipe, and each of those candidates bias-corrected as well (the search itself falls back from the
   uncorrected recipe only);
@@ -60,7 +61,7 @@ def build_context(run: Path, work: Path):
     return ExportContext(source, opts, bundle, work, model, lambda msg: print("warning:", msg))
 
 
-def walk(run: Path, work: Path) -> dict:
+def walk(run: Path, work: Path, quick: bool = False) -> dict:
     from edgeclf.convert import biascorr, onnx_export, verify
     from edgeclf.convert.calibration import load_images, random_views
     from edgeclf.convert.formats import FORMATS
@@ -107,13 +108,26 @@ def walk(run: Path, work: Path) -> dict:
         for fam in families:
             for recipe in fam.recipes:
                 judge.place(recipe, fam.tier + 1)
+        if quick:  # the fastest recipe only: as left, bias-corrected, GPTQ-rounded, both
+            probe = families[0].recipes[0]
+            for r, kind in ((probe, "recipe"), (replace(probe, bias_correction=True), "bias-corrected"),
+                            (replace(probe, weight_rounding="gptq"), "GPTQ-rounded"),
+                            (replace(probe, weight_rounding="gptq", bias_correction=True),
+                             "GPTQ-rounded, bias-corrected")):
+                score(Candidate(r, lambda r=r: q.quantize(r), tier=0), kind)
+            families = []
         for fam in families:
             for recipe in fam.corrected:
                 fixed = replace(recipe, bias_correction=True)
-                score(Candidate(fixed, lambda r=fixed: q.quantize(r), tier=fam.tier), "bias-corrected")
+                score(Candidate(fixed, lambda r=fixed: q.quantize(r), tier=fam.tier),
+                      "GPTQ-rounded, bias-corrected" if recipe.weight_rounding == "gptq" else "bias-corrected")
             for recipe in fam.recipes:
                 score(Candidate(recipe, lambda r=recipe: q.quantize(r), tier=fam.tier + 1), "recipe")
+        if quick:
+            return _result(run, val, ref_pred, labels, judge, rows)
         probe = families[0].recipes[0]
+        rounded = replace(probe, weight_rounding="gptq")
+        score(Candidate(rounded, lambda: q.quantize(rounded), tier=2), "GPTQ-rounded")
         fixed = replace(probe, bias_correction=True)
         for k in (2, 4):  # the correction measured on more images: the calibration images and views of them
             more = np.concatenate([q.calibration.images, random_views(q.calibration.images, k - 1, seed=7)])
@@ -136,60 +150,80 @@ def walk(run: Path, work: Path) -> dict:
         score(Candidate(wide, lambda: q.quantize(wide), tier=1000), "16-bit activations")
     finally:
         q.close()
+    return _result(run, val, ref_pred, labels, judge, rows)
+
+
+def _result(run, val, ref_pred, labels, judge, rows) -> dict:
     return {"run": str(run), "val_images": len(val), "float_val_top1": float((ref_pred == labels).mean()),
             "selection_images": judge.judged, "rows": rows}
 
 
-def markdown(result: dict, name: str, mach: dict) -> str:
-    rows = result["rows"]
-    lines = [f"# How faithful can post-training int8 ONNX get? ({name})", "",
-             f"Measured by `benchmarks/int8_floor.py` on {time.strftime('%Y-%m-%d')} "
-             f"(`python benchmarks/int8_floor.py {result['run']} --name {name}`).",
+def markdown(record: dict) -> str:
+    """The whole record: a header, then one section per run (a hand-written Reading is kept by ``main``)."""
+    mach = record["machine"]
+    lines = ["# How faithful can post-training int8 ONNX get?", "",
+             f"Measured by `benchmarks/int8_floor.py` (one command per run, below), last on {record['date']}.",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, ISA {', '.join(mach['isa'])}; onnxruntime "
              f"{mach['versions']['onnxruntime']}. Latencies: the search's own timing (batch 1, p50), noisy on this "
              "shared machine: read them as rough ratios.", "",
-             f"Every ONNX int8 candidate edgeclf can build for this run, scored on the {result['selection_images']} "
-             f"selection images (what the search judges) and on the {result['val_images']} validation images (float "
-             f"top-1 {100 * result['float_val_top1']:.2f} %). KL: mean KL divergence of the candidate's scores from "
-             "float's. Changed: each validation answer the candidate changed, with the float model's margin rank "
-             "(0 %: the image it is least sure of) and its top two scores.", "",
-             "| candidate | kind | sel. lost / gained | sel. KL | val lost / gained | val KL | p50 | changed on validation |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        shown = r["val_changed"][:SHOWN_CHANGES]
-        changed = ", ".join(f"{'lost' if c.get('lost') else 'gained' if c.get('gained') else 'changed'} "
-                            f"{100 * c['margin_rank']:.1f}% "
-                            f"({c['float_scores'][0]:.2f}/{c['float_scores'][1]:.2f})" for c in shown)
-        if len(r["val_changed"]) > len(shown):
-            changed += f" and {len(r['val_changed']) - len(shown)} more"
-        lines.append(f"| {r['label']} | {r['group']} | {r['selection_lost']} / {r['selection_gained']} | "
-                     f"{r['selection_kl']:.4f} | {r['val_lost']} / {r['val_gained']} | {r['val_kl']:.4f} | "
-                     f"{r['p50_ms']:.2f} ms | {changed or '-'} |")
-    return "\n".join(lines) + "\n"
+             "KL: mean KL divergence of a candidate's scores from float's. Changed: each validation answer the "
+             "candidate changed, with the float model's margin rank (0 %: the image it is least sure of) and its "
+             "top two scores.", ""]
+    for name, result in record["runs"].items():
+        lines += [f"## {name}", "",
+                  f"`python benchmarks/int8_floor.py {result['run']} --name {name}"
+                  f"{' --quick' if result.get('quick') else ''}`: "
+                  + ("the fastest recipe as ONNX Runtime leaves it, bias-corrected, GPTQ-rounded and both"
+                     if result.get("quick") else "every ONNX int8 candidate edgeclf can build for this run")
+                  + f", scored on the {result['selection_images']} selection images (what the search judges) and "
+                  f"on the {result['val_images']} validation images (float top-1 "
+                  f"{100 * result['float_val_top1']:.2f} %).", "",
+                  "| candidate | kind | sel. lost / gained | sel. KL | val lost / gained | val KL | p50 | "
+                  "changed on validation |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["rows"]:
+            shown = r["val_changed"][:SHOWN_CHANGES]
+            changed = ", ".join(f"{'lost' if c.get('lost') else 'gained' if c.get('gained') else 'changed'} "
+                                f"{100 * c['margin_rank']:.1f}% "
+                                f"({c['float_scores'][0]:.2f}/{c['float_scores'][1]:.2f})" for c in shown)
+            if len(r["val_changed"]) > len(shown):
+                changed += f" and {len(r['val_changed']) - len(shown)} more"
+            lines.append(f"| {r['label']} | {r['group']} | {r['selection_lost']} / {r['selection_gained']} | "
+                         f"{r['selection_kl']:.4f} | {r['val_lost']} / {r['val_gained']} | {r['val_kl']:.4f} | "
+                         f"{r['p50_ms']:.2f} ms | {changed or '-'} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, nargs="?")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="only the fastest recipe: as left, bias-corrected, GPTQ-rounded, both")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeclf-int8-floor"))
     ap.add_argument("--out", type=Path, default=OUT / "int8_floor.md")
     ap.add_argument("--render", action="store_true", help="rewrite the markdown from the .json only")
     args = ap.parse_args()
-    name = args.name or args.run.name
-    if args.render:
-        record = json.loads(args.out.with_suffix(".json").read_text())
-        mach, result = record["machine"], record[name]
-    else:
-        result = walk(args.run, args.work / name)
-        mach = machine()
-        args.out.with_suffix(".json").write_text(json.dumps({"machine": mach, name: result}, indent=1) + "\n")
-    text = markdown(result, name, mach)
+    record_path = args.out.with_suffix(".json")
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"runs": {}}
+    if not args.render:
+        if args.run is None:
+            ap.error("RUN is needed unless --render")
+        name = args.name or args.run.name
+        result = walk(args.run, args.work / name, args.quick)
+        result["quick"] = args.quick
+        record.update(machine=machine(), date=time.strftime("%Y-%m-%d"))
+        record["runs"][name] = result
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+    text = markdown(record)
     if args.out.exists() and "\n## Reading" in args.out.read_text():
         old = args.out.read_text()
-        reading = old[old.index("\n## Reading"):old.index("\n| candidate")]
-        head, table = text.split("\n| candidate", 1)
-        text = head.rstrip("\n") + "\n" + reading.rstrip("\n") + "\n\n| candidate" + table
+        reading = old[old.index("\n## Reading"):]
+        for stop in ("\n## ", "\n| candidate"):  # the Reading ends where a run's section or a table begins
+            if stop in reading[1:]:
+                reading = reading[:reading.index(stop, 1)]
+        head, rest = text.split("\n## ", 1)
+        text = head.rstrip("\n") + "\n" + reading.rstrip("\n") + "\n\n## " + rest
     args.out.write_text(text)
     print("wrote", args.out)
 
