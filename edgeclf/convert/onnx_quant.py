@@ -179,7 +179,8 @@ class Quantizer:
     def families(self, judge) -> list:
         """One family per way ONNX Runtime runs int8 on a CPU, in the order *timed on this machine* (the three
         MinMax probes are measured by ``judge`` first): the format's recipe bias-corrected, then the same with
-        its weights GPTQ-rounded (:mod:`edgeclf.convert.rounding`) as well, then as ONNX Runtime leaves it, then 7-bit weights, Percentile and Entropy ranges, per-tensor weights. Only the first recipe
+        its weights GPTQ-rounded (:mod:`edgeclf.convert.rounding`) as well, then as ONNX Runtime leaves it,
+        then 7-bit weights, Percentile and Entropy ranges, per-tensor weights. Only the first recipe
         of a family is corrected (a correction costs ~20 s on MobileNetV2 224; the others are reached when the
         first is broken, and correcting a broken recipe does not mend it)."""
         from edgeclf.convert.search import Candidate, Family

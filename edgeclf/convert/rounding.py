@@ -75,6 +75,9 @@ def _patches(x: np.ndarray, attrs: dict, kernel: tuple[int, int]) -> np.ndarray:
     sh, sw = attrs.get("strides", [1, 1])
     if any(d != 1 for d in attrs.get("dilations", [1, 1])):
         raise EdgeclfError("GPTQ rounding: dilated convolutions are not supported")
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) not in ("NOTSET", "VALID"):
+        raise EdgeclfError(f"GPTQ rounding: auto_pad {auto_pad!r} is not supported (explicit pads are)")
     pads = attrs.get("pads", [0, 0, 0, 0])
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     return np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
