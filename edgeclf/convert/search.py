@@ -20,8 +20,8 @@ same size and speed, a third to a sixth as many answers changed on MobileNetV2) 
 its weights GPTQ-rounded (:mod:`edgeclf.convert.rounding`) -- then as the quantizer left it. A candidate is
 *within budget* when the selection images do not show it to be over: its drop on them is at most
 ``--max-drop``, or above it by less than they can resolve (``over_budget``: a one-sided 95 % paired test;
-on 600 views one view is 0.17 pt, so a candidate three views down is not shown to lose more than half a point, while a broken recipe tens of views down is). Without that, the search would rank
-candidates on one or two images' luck and walk past a faithful candidate to a worse one (measured: on
+on 600 views one view is 0.17 pt, so a candidate three views down is not shown to lose more than half a point,
+while a broken recipe tens of views down is). Without that, the search would rank candidates on one or two images' luck and walk past a faithful candidate to a worse one (measured: on
 flowers, a bias-corrected model two held-out images down was passed over for 7-bit weights that then
 changed three times as many validation answers). The first candidate within budget wins. Candidates are also
 scored by a graded measure, the mean KL divergence of their scores from float's, which tells a faithful
