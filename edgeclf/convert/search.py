@@ -15,18 +15,18 @@ with any int8 copy of itself on them. Views of them it has not seen, and an int8
 their answers as of new photos (``benchmarks/results/judge_study.md``). The validation split is never looked at
 here, so the figure export reports on it afterwards is not the one the search tuned on.
 
-Every recipe is tried with its int8 biases corrected against float first (:mod:`edgeclf.convert.biascorr`:
-same size and speed, a third to a sixth as many answers changed on MobileNetV2) -- for ONNX then also with
-its weights GPTQ-rounded (:mod:`edgeclf.convert.rounding`) -- then as the quantizer left it. A candidate is
-*within budget* when the selection images do not show it to be over: its drop on them is at most
-``--max-drop``, or above it by less than they can resolve (``over_budget``: a one-sided 95 % paired test;
-on 600 views one view is 0.17 pt, so a candidate three views down is not shown to lose more than half a point,
-while a broken recipe tens of views down is). Without that, the search would rank candidates on one or two images' luck and walk past a faithful candidate to a worse one (measured: on
-flowers, a bias-corrected model two held-out images down was passed over for 7-bit weights that then
-changed three times as many validation answers). The first candidate within budget wins. Candidates are also
-scored by a graded measure, the mean KL divergence of their scores from float's, which tells a faithful
-candidate from a worse one where both give the same answers: among candidates of the same expected speed both
-within budget the closer to float wins (then the smaller), and when none is within budget the most accurate,
+Every recipe is tried with its int8 biases corrected against float first (:mod:`edgeclf.convert.biascorr`: same
+size and speed, a third to a sixth as many answers changed on MobileNetV2) -- for ONNX then also with its weights
+GPTQ-rounded (:mod:`edgeclf.convert.rounding`) -- then as the quantizer left it. A candidate is *within budget*
+when the selection images do not show it to be over: its drop on them is at most ``--max-drop``, or above it by
+less than they can resolve (``over_budget``: a one-sided 95 % paired test; on 600 views one view is 0.17 pt, so a
+candidate three views down is not shown to lose more than half a point, while a broken recipe tens of views down
+is). Without that, the search would rank candidates on one or two images' luck and walk past a faithful candidate
+to a worse one (measured: on flowers, a bias-corrected model two held-out images down was passed over for 7-bit
+weights that then changed three times as many validation answers). The first candidate within budget wins.
+Candidates are also scored by a graded measure, the mean KL divergence of their scores from float's, which tells a
+faithful candidate from a worse one where both give the same answers: among candidates of the same expected speed
+both within budget the closer to float wins (then the smaller), and when none is within budget the most accurate,
 then the closest to float, is kept and export warns. Every candidate tried is recorded (``Trial``) in
 ``edgeclf.json``.
 
