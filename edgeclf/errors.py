@@ -13,3 +13,8 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[0] if lines else type(exc).__name__
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ServiceError(EdgeclfError):
+    """A device-service option of ``edgeclf run`` that cannot work: an open address without a token, a port in
+    use, a bad broker or webhook URL. Raised before the run starts or as it starts."""

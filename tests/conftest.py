@@ -115,3 +115,36 @@ def small_export(small_run) -> Path:
                            "--max-drop", "100", "--out", str(out))
         done.write_text(proc.stdout + proc.stderr)
     return out
+
+
+# --- the runtime's models ------------------------------------------------------------------------------
+# Real, small exported models (tests/runtime_models.py: MobileNetV2 0.35 at 128 px, a probe fitted on the shared
+# hymenoptera photos), built once in a subprocess -- the test process never imports TensorFlow -- and cached.
+RUNTIME_MODEL_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def runtime_models_dir() -> Path:
+    """OUT of tests/runtime_models.py (export/, lone/, reference.json), built once and cached."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import runtime_models
+
+    out = Path(tempfile.gettempdir()) / f"edgeclf-runtime-models-{runtime_models.fixture_key(0.35, RUNTIME_MODEL_SIZE)}"
+    if not (out / "DONE").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run([sys.executable, str(Path(runtime_models.__file__)), str(out), "--size",
+                               str(RUNTIME_MODEL_SIZE)], capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def export_dir(runtime_models_dir) -> Path:
+    """The runtime models' export folder (edgeclf.json, model_fp32/int8.tflite, model.onnx). Read-only."""
+    return runtime_models_dir / "export"

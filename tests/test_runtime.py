@@ -31,29 +31,12 @@ from edgeclf.runtime.output import Window, display_available
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import runtime_models  # noqa: E402
+from conftest import RUNTIME_MODEL_SIZE  # noqa: E402
 
-SIZE = 128
+SIZE = RUNTIME_MODEL_SIZE
 # real exported models (built once by tests/runtime_models.py with TensorFlow, about 2 min on a new machine)
 pytestmark = pytest.mark.slow
 VAL = runtime_models.DATA / "val"
-
-
-@pytest.fixture(scope="session")
-def runtime_models_dir() -> Path:
-    """OUT of tests/runtime_models.py (export/, lone/, reference.json), built once and cached."""
-    out = Path(tempfile.gettempdir()) / f"edgeclf-runtime-models-{runtime_models.fixture_key(0.35, SIZE)}"
-    if not (out / "DONE").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        proc = subprocess.run([sys.executable, str(Path(runtime_models.__file__)), str(out), "--size", str(SIZE)],
-                              capture_output=True, text=True, env=env, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="session")
-def export_dir(runtime_models_dir) -> Path:
-    return runtime_models_dir / "export"
 
 
 @pytest.fixture(scope="session")

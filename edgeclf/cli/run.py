@@ -38,15 +38,54 @@ from edgeclf.runtime.backends import BACKEND_NAMES
 @click.option("--reconnect-timeout", type=click.FloatRange(0), default=None,
               help="Live sources: give up when a lost camera/stream is not back after this many seconds "
                    "[default: keep retrying].")
+@click.option("--loop", is_flag=True, help="Files and videos: start again at the end, for ever (a demo, a soak).")
+@click.option("--pace", type=click.FloatRange(0, min_open=True), default=None, metavar="FPS",
+              help="Files and videos: deliver at most FPS frames per second, as a camera would.")
+@click.option("--serve", metavar="[HOST:]PORT", default=None,
+              help="Serve the live page and the HTTP API (/, /stream.mjpg, /api/latest, /api/events, /api/predict, "
+                   "/metrics, /healthz). Host 127.0.0.1 unless given; any other address needs --token.")
+@click.option("--token", envvar="EDGECLF_TOKEN", default=None, show_envvar=True,
+              help="Bearer token every endpoint but /healthz then asks for (the page takes it once, as ?token=).")
+@click.option("--mqtt", metavar="URL", default=None,
+              help="Publish state, events and availability to mqtt://[user[:pass]@]HOST[:PORT] "
+                   "(the password may come from EDGECLF_MQTT_PASSWORD instead).")
+@click.option("--mqtt-prefix", default=None, help="Topic prefix [default: edgeclf/<device name>].")
+@click.option("--device-name", default="", help="This device's name in topics and Home Assistant [default: host name].")
+@click.option("--ha-discovery", is_flag=True, help="Publish Home Assistant MQTT discovery configs (retained).")
+@click.option("--webhook", metavar="URL", default=None, help="POST each event as JSON to this URL.")
+@click.option("--snapshots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save the picture of each event's start frame as JPEG in this folder.")
+@click.option("--snapshots-max-mb", type=click.FloatRange(0, min_open=True), default=500.0, show_default=True,
+              help="Disk cap of --snapshots: the oldest pictures go first.")
+@click.option("--event-smooth", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Events: frames over which scores are averaged.")
+@click.option("--event-enter", type=click.FloatRange(0, 1, min_open=True), default=0.7, show_default=True,
+              help="Events: smoothed score at which a label starts...")
+@click.option("--event-exit", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="...and below which it ends (lower than --event-enter: no flapping).")
+@click.option("--event-min-frames", type=click.IntRange(1, 10000), default=3, show_default=True,
+              help="Events: consecutive frames at or above --event-enter before a label starts.")
+@click.option("--event-cooldown", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="Events: seconds before the same label can start again.")
+@click.option("--event-labels", default=None, metavar="A,B",
+              help="Events: only these labels [default: every class].")
+@click.option("--stall-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+              help="Seconds without a frame before /healthz answers 503 and the systemd watchdog is no longer fed.")
+@click.option("--stream-fps", type=click.FloatRange(0, 60, min_open=True), default=5.0, show_default=True,
+              help="Frame rate cap of the live view (it never costs inference time).")
+@click.option("--max-upload-mb", type=click.FloatRange(0, 1024, min_open=True), default=10.0, show_default=True,
+              help="Largest image /api/predict accepts (413 above).")
 def command(model: Path, source: str, backend: str, artifact: str | None, threads: int | None, mode: str, provider: str,
             top_k: int, threshold: float, headless: bool, save: Path | None, output: Path | None,
-            max_frames: int | None, reconnect_timeout: float | None) -> None:
+            max_frames: int | None, reconnect_timeout: float | None, loop: bool, pace: float | None,
+            **device: object) -> None:
     """Classify a camera, video, stream or folder with an exported MODEL (export folder, .tflite or .onnx).
 
     \b
       edgeclf run runs/train/exp/export --source 0
       edgeclf run export/ --source photos/ --output preds.csv --headless
       edgeclf run model_int8.tflite --source rtsp://cam.local/stream --save out.mp4
+      edgeclf run export/ --source 0 --serve 8080 --mqtt mqtt://broker.local --ha-discovery
     """
     def on_term(signum, frame):  # systemd/docker stop: the same clean shutdown as Ctrl-C
         raise KeyboardInterrupt
@@ -57,18 +96,44 @@ def command(model: Path, source: str, backend: str, artifact: str | None, thread
         previous = None
     try:
         _run(model, source, backend, artifact, threads, mode, provider, top_k, threshold, headless, save, output,
-             max_frames, reconnect_timeout)
+             max_frames, reconnect_timeout, loop, pace, _device_options(device))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _device_options(d: dict):
+    from edgeclf.runtime.device import DeviceOptions
+    from edgeclf.runtime.events import EventOptions
+
+    labels = tuple(lb.strip() for lb in str(d["event_labels"]).split(",") if lb.strip()) if d["event_labels"] else None
+    events = EventOptions(smooth=d["event_smooth"], enter=d["event_enter"], exit=d["event_exit"],
+                          min_frames=d["event_min_frames"], cooldown=d["event_cooldown"], labels=labels)
+    return DeviceOptions(serve=d["serve"], token=d["token"], mqtt=d["mqtt"], mqtt_prefix=d["mqtt_prefix"],
+                         device_name=d["device_name"], ha_discovery=d["ha_discovery"], webhook=d["webhook"],
+                         snapshots=d["snapshots"], snapshots_max_mb=d["snapshots_max_mb"], events=events,
+                         stall_after=d["stall_timeout"], stream_fps=d["stream_fps"],
+                         max_upload_mb=d["max_upload_mb"])
+
+
 def _run(model, source, backend, artifact, threads, mode, provider, top_k, threshold, headless, save, output,
-         max_frames, reconnect_timeout) -> None:
+         max_frames, reconnect_timeout, loop=False, pace=None, device=None) -> None:
     from edgeclf.runtime.backends import open_backend
+    from edgeclf.runtime.device import build_hub, check
     from edgeclf.runtime.loop import RunOptions, run_source
 
     be = open_backend(model, backend, artifact=artifact, threads=threads, provider=provider)
+    hub = None
+    if device is not None:
+        device.top_k, device.threshold = top_k, threshold
+    if device is not None and device.wanted:
+        try:
+            check(device, list(be.model.classes))
+        except BaseException:
+            be.close()
+            raise
+        if device.serve or device.mqtt or device.webhook:
+            headless = True  # a device service never opens a window
     ref = be.model
     others = [a.name for a in ref.bundle.artifacts if a is not ref.artifact]
     top1 = f", val top-1 {ref.artifact.val_top1:.1%}" if ref.artifact.val_top1 is not None else ""
@@ -81,10 +146,15 @@ def _run(model, source, backend, artifact, threads, mode, provider, top_k, thres
                f"{len(ref.classes)} classes ({', '.join(ref.classes[:6])}{', ...' if len(ref.classes) > 6 else ''})",
                err=True)
     options = RunOptions(top_k=top_k, threshold=threshold, headless=headless, save=save, output=output,
-                         max_frames=max_frames, reconnect_timeout=reconnect_timeout, mode=mode)
+                         max_frames=max_frames, reconnect_timeout=reconnect_timeout, mode=mode, loop=loop, pace=pace)
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
-        summary = run_source(be, source, options, echo=lambda m: click.echo(m, err=True))
+        if device is not None and device.wanted:
+            hub = build_hub(be, device, echo=echo)
+        summary = run_source(be, source, options, echo=echo, hub=hub)
     finally:
+        if hub is not None:
+            hub.close()
         be.close()
     click.echo(f"summary: {summary.format()}")
     if output is not None:

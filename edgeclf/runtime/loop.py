@@ -14,6 +14,8 @@ import numpy as np
 from edgeclf.imageio import load_rgb, resize_rgb
 from edgeclf.log import get_logger
 from edgeclf.runtime.backends import Backend
+from edgeclf.runtime.events import FrameResult
+from edgeclf.runtime.hub import Hub
 from edgeclf.runtime.output import (PredictionWriter, Prediction, VideoSaver, Window, display_available, draw_overlay,
                                     make_prediction)
 from edgeclf.runtime.sources import FileSource, Frame, Preprocess, Skip, Source, SourceError, open_source
@@ -61,6 +63,8 @@ class RunOptions:
     mode: str = "auto"  # "latency", "throughput" or "auto": see MODES
     reconnect_timeout: float | None = None  # live sources: give up after this long without a frame
     progress: bool = True  # a status line on stderr now and then
+    loop: bool = False  # files and videos: from the start again when they end
+    pace: float | None = None  # files and videos: at most this many frames per second, as a camera
 
 
 @dataclass
@@ -284,7 +288,8 @@ def _pick_mode(mode: str, src: Source, backend: Backend) -> str:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if mode != "auto":
         return mode
-    if src.live or backend.threads < 2 or backend.name == "opencv":  # OpenCV's thread count is process-wide
+    if src.live or getattr(src, "pace", None) or backend.threads < 2 or backend.name == "opencv":
+        # a camera, or files played as one; OpenCV's thread count is process-wide
         return "latency"
     if isinstance(src, FileSource) and len(src.paths) < _MIN_FILES_FOR_THROUGHPUT:
         return "latency"
@@ -312,10 +317,11 @@ def _echo(message: str) -> None:
 
 
 def run_source(backend: Backend, source: str | Source, options: RunOptions | None = None,
-               echo: Callable[[str], None] = _echo) -> RunSummary:
+               echo: Callable[[str], None] = _echo, hub: Hub | None = None) -> RunSummary:
     """Classify every frame of ``source`` (a spec such as ``"0"``, a path, a URL, or a :class:`Source`).
 
-    Ctrl-C stops the loop; threads are joined and files closed in every case.
+    ``hub`` gets every result (events, the page, MQTT, ...: see :mod:`edgeclf.runtime.hub`); it is closed
+    when the loop ends. Ctrl-C stops the loop; threads are joined and files closed in every case.
     """
     opts = options or RunOptions()
     show = not opts.headless
@@ -324,15 +330,21 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         if not show:
             echo(f"no window: {why} (use --headless to say so)")
     draw = show or opts.save is not None
+    keep = draw or (hub is not None and hub.wants_images)
     summary = RunSummary()
     classes = backend.model.classes
     if isinstance(source, Source):
         src = source
     else:
         spec = backend.model.bundle.input
-        src = open_source(source, Preprocess(backend.height, backend.width, spec.resize, keep_image=draw,
-                                             prepare=backend.prepare),
-                          reconnect_timeout=opts.reconnect_timeout)
+        try:
+            src = open_source(source, Preprocess(backend.height, backend.width, spec.resize, keep_image=keep,
+                                                 prepare=backend.prepare),
+                              reconnect_timeout=opts.reconnect_timeout, loop=opts.loop, pace=opts.pace)
+        except BaseException:
+            if hub is not None:
+                hub.close("the source did not open")
+            raise
     writer = window = saver = workers = None
     top_k, threshold = opts.top_k, opts.threshold
     latencies = summary.latencies_ms
@@ -353,6 +365,8 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         if opts.save is not None:
             fps = src.fps or (2.0 if isinstance(src, FileSource) else 30.0)  # a slideshow of files
             saver = VideoSaver(opts.save, fps)
+        if hub is not None:
+            hub.start(src.name, lambda: src.dropped)
         for frame, probs, latency in results:
             t1 = time.perf_counter()
             latencies.append(latency)
@@ -361,6 +375,9 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
             if writer is not None:
                 writer.write(frame.source, frame.index, pred, latency)
             summary.frames += 1  # classified (and recorded): counted before anything else can be interrupted
+            if hub is not None:
+                hub.publish(FrameResult(summary.frames, frame.source, frame.index, time.time(), pred, latency,
+                                        frame.image))
             if draw and frame.image is not None:
                 if last_t is not None:
                     inst = 1.0 / max(t1 - last_t, 1e-6)
@@ -386,6 +403,8 @@ def run_source(backend: Backend, source: str | Source, options: RunOptions | Non
         hold.__exit__()
         summary.wall_s = time.perf_counter() - started
         src.close()
+        if hub is not None:
+            hub.close("interrupted" if summary.interrupted else "the source ended")
         for closer in (workers, writer, saver, window):
             if closer is not None:
                 closer.close()

@@ -148,8 +148,22 @@ class _OrderedSource(Source):
     def __init__(self, prefetch: int = 8):
         super().__init__()
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.loop = False  # start again at the end, for ever (a demo, a soak test)
+        self.pace: float | None = None  # at most this many frames per second, as a camera delivers them
+        self._due = 0.0
+
+    def _wait_turn(self) -> bool:
+        """With a pace: sleep until this frame is due (False: stopped meanwhile)."""
+        if not self.pace:
+            return not self._stop.is_set()
+        now = time.monotonic()
+        self._due = max(self._due, now)
+        delay, self._due = self._due - now, self._due + 1.0 / self.pace
+        return not self._stop.wait(delay) if delay > 0 else not self._stop.is_set()
 
     def _put(self, item) -> bool:
+        if not self._wait_turn():
+            return False
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -224,16 +238,22 @@ class FileSource(_OrderedSource):
 
     def tasks(self) -> Iterator[Callable[[], Frame | Skip]]:
         """One call per file, in order, for workers that decode and classify in the same thread."""
-        for index in range(len(self.paths)):
-            if self._stop.is_set():
+        while True:
+            for index in range(len(self.paths)):
+                if self._stop.is_set():
+                    return
+                yield functools.partial(self.load, index)
+            if not self.loop:
                 return
-            yield functools.partial(self.load, index)
 
     def _produce(self) -> None:
-        for index in range(len(self.paths)):
-            if self._stop.is_set():
-                return
-            if not self._put(self.load(index)):
+        while True:
+            for index in range(len(self.paths)):
+                if self._stop.is_set():
+                    return
+                if not self._put(self.load(index)):
+                    return
+            if not self.loop or len(self.skipped) >= len(self.paths):
                 return
 
 
@@ -252,10 +272,16 @@ class VideoSource(_OrderedSource):
         self.fps = self._cap.get(cv2.CAP_PROP_FPS) or None
 
     def _produce(self) -> None:
+        import cv2
+
         index = 0
         try:
             while not self._stop.is_set():
                 ok, bgr = self._cap.read()
+                if (not ok or bgr is None) and self.loop and index > 0:  # from the start again
+                    self._cap.release()
+                    self._cap = cv2.VideoCapture(str(self.path))
+                    ok, bgr = self._cap.read()
                 if not ok or bgr is None:
                     break
                 t = time.perf_counter()
@@ -449,9 +475,22 @@ def list_files(spec: str) -> list[Path] | None:
     return None
 
 
-def open_source(spec: str | int, prep: Preprocess, *, reconnect_timeout: float | None = None) -> Source:
-    """``0`` (camera index), ``picamera[N]``, an RTSP/HTTP URL, a video, an image, a folder or a glob."""
-    spec = str(spec).strip()
+def open_source(spec: str | int, prep: Preprocess, *, reconnect_timeout: float | None = None,
+                loop: bool = False, pace: float | None = None) -> Source:
+    """``0`` (camera index), ``picamera[N]``, an RTSP/HTTP URL, a video, an image, a folder or a glob.
+
+    Files and videos can be played as a camera would deliver them: ``pace`` frames per second at most,
+    and with ``loop`` from the start again when they end.
+    """
+    source = _open(str(spec).strip(), prep, reconnect_timeout)
+    if isinstance(source, _OrderedSource):
+        source.loop, source.pace = loop, pace
+    elif loop or pace:
+        raise SourceError(f"{source.name}: --loop and --pace are for files and videos, not live sources")
+    return source
+
+
+def _open(spec: str, prep: Preprocess, reconnect_timeout: float | None) -> Source:
     if re.fullmatch(r"\d+", spec):
         index = int(spec)
         source = LiveSource(lambda: _video_capture(index), f"camera {index}", prep, reconnect_timeout=reconnect_timeout,
@@ -463,7 +502,7 @@ def open_source(spec: str | int, prep: Preprocess, *, reconnect_timeout: float |
         return LiveSource(lambda: PiCameraCapture(index), f"picamera {index}", prep,
                           reconnect_timeout=reconnect_timeout)
     if URL_RE.match(spec):
-        return LiveSource(lambda: _video_capture(spec), _redact(spec), prep, reconnect_timeout=reconnect_timeout)
+        return LiveSource(lambda: _video_capture(spec), redact_url(spec), prep, reconnect_timeout=reconnect_timeout)
     files = list_files(spec)
     if files is not None:
         if not files:
@@ -480,10 +519,21 @@ def open_source(spec: str | int, prep: Preprocess, *, reconnect_timeout: float |
     return VideoSource(path, prep)
 
 
-def _redact(url: str) -> str:
-    """A URL without its password, for messages and output files."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+def redact_url(url: str) -> str:
+    """A URL without its user info and query string (where tokens hide): for messages, output files, the
+    page, the API, metric labels and MQTT. ``rtsp://user:pw@cam:554/live?token=x`` -> ``rtsp://cam:554/live``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # unparsable (a bad port): keep only the scheme and what follows the last '@'
+        return re.sub(r"^([a-z0-9+.-]+://)[^/]*@", r"\1", url.split("?")[0], flags=re.IGNORECASE)
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 __all__ = ["Frame", "Preprocess", "Source", "FileSource", "VideoSource", "LiveSource", "PiCameraCapture",
-           "SourceError", "open_source", "list_files"]
+           "SourceError", "open_source", "list_files", "redact_url"]
