@@ -371,3 +371,31 @@ def test_slow_viewers_cost_no_inference(export_dir, clip):
     assert fps > 25 * 0.7, f"{fps:.1f} FPS with two slow viewers at --pace 25"
     assert status["dropped"]["viewer"] > 0
     assert status["dropped"]["source"] == 0
+
+
+def test_a_cameras_password_is_never_shown(export_dir, browser, tmp_path):
+    """An IP camera whose URL carries a user, a password and a token in its query: none of them reaches the
+    page, the API, the metrics, the event stream, the rows file or the run's own output."""
+    from stream_helpers import MjpegServer, jpeg_frames
+
+    secrets = ("camuser", "pa55word-XYZ", "qtoken-777")
+    rows = tmp_path / "rows.jsonl"
+    with MjpegServer(jpeg_frames(VAL, count=8), fps=10) as cam:
+        plain = cam.url
+        url = cam.url.replace("http://", f"http://{secrets[0]}:{secrets[1]}@") + f"?auth={secrets[2]}"
+        with Run(str(export_dir), "--source", url, "--output", str(rows)) as run:
+            bodies = [http(run.url + p)[2] for p in ("/api/latest", "/api/status", "/metrics")]
+            with urllib.request.urlopen(run.url + "/api/events", timeout=10) as resp:
+                bodies.append(resp.read(4000))
+            page = browser.new_page()
+            page.goto(run.url + "/", wait_until="load")
+            page.wait_for_function("document.getElementById('source').textContent.includes('127.0.0.1')",
+                                   timeout=15000)
+            bodies.append(page.content().encode())
+            shown = page.inner_text("#source")
+            page.close()
+    assert shown == plain  # the camera is named by its address alone
+    everything = b"\n".join(bodies).decode() + run.out + run.err + rows.read_text()
+    assert json.loads(bodies[0])["source"] == plain
+    for secret in secrets:
+        assert secret not in everything, f"{secret!r} leaked"

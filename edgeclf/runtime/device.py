@@ -86,6 +86,7 @@ def model_info(backend: Backend) -> dict:
     art = ref.artifact
     return {"name": ref.name, "file": Path(ref.path).name, "format": getattr(art, "format", ""),
             "precision": getattr(art, "precision", ""), "backend": backend.name,
+            "backbone": (ref.bundle.source or {}).get("backbone", ""),
             "recipe": art.recipe.label() if getattr(art, "recipe", None) is not None else "",
             "val_top1": art.val_top1, "sha256": getattr(art, "sha256", "") or "",
             "classes": list(ref.classes), "input": f"{backend.width}x{backend.height}"}

@@ -62,7 +62,7 @@ class RunCollector(Collector):
         yield requests
         info = InfoMetricFamily("edgeclf_model", "The model that runs.")
         info.add_metric([], {k: str(self.model.get(k) or "") for k in
-                             ("name", "file", "format", "precision", "backend", "recipe", "input")}
+                             ("name", "backbone", "file", "format", "precision", "backend", "recipe", "input")}
                         | {"sha256": str(self.model.get("sha256") or "")[:16],
                            "val_top1": "" if self.model.get("val_top1") is None else f"{self.model['val_top1']:.4f}"})
         yield info
