@@ -79,9 +79,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from edgeclf.cli import bench, check, export, report, run, sweep, train
+    from edgeclf.cli import bench, check, export, report, run, service, sweep, train
 
-    for module in (check, train, export, bench, run, report, sweep):
+    for module in (check, train, export, bench, run, report, sweep, service):
         main.add_command(common_options(module.command))
 
 
