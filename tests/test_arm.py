@@ -239,3 +239,64 @@ def test_bad_starts_are_one_line_and_leave_nothing(tmp_path):
     assert not (armlayers.cache_root() / "devices" / name).exists()
     assert set(_ours()) == before
     empty.rmdir()
+
+
+def test_the_device_service_answers_on_arm_as_here(devices, small_export, hymenoptera, tmp_path):
+    """`edgeclf run --serve` on the emulated Cortex-A76 (the serve extra installed there from aarch64 wheels):
+    /api/predict of every validation photo gives the label this machine's `edgeclf run --source FOLDER` gives."""
+    import csv
+    import time
+    import urllib.error
+    import urllib.request
+
+    name = devices["a76"]
+    val = hymenoptera / "val"
+    rows = tmp_path / "here.csv"
+    proc = subprocess.run([sys.executable, "-m", "edgeclf", "run", str(small_export), "--source", str(val),
+                           "--output", str(rows), "--headless"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(rows) as fh:
+        here = {Path(r["source"]).resolve(): (r["label"], float(r["score"])) for r in csv.DictReader(fh)}
+    # the export and a few photos (the run's camera stand-in) to the device, as a user would copy them
+    work = f"/tmp/edgeclf-serve-{os.getpid()}"
+    _ssh(name, f"mkdir -p {work}/src")
+    photos = sorted((val / "bees").glob("*.jpg"))[:3]
+    for folder, files in ((small_export.parent, [small_export.name]), (photos[0].parent, [p.name for p in photos])):
+        pack = subprocess.run(["tar", "-C", str(folder), "-cf", "-", *files], capture_output=True, check=True)
+        dest = "export" if files == [small_export.name] else "src"
+        subprocess.run(["ssh", "-o", "BatchMode=yes", name, f"mkdir -p {work}/{dest} && tar -C {work}/{dest} "
+                        f"{'--strip-components=1 ' if dest == 'export' else ''}-xf -"], input=pack.stdout,
+                       check=True, timeout=300)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pid = _ssh(name, f"cd / && nohup python3 -m edgeclf run {work}/export --source {work}/src --loop --pace 1 "
+                     f"--serve 127.0.0.1:{port} > {work}/run.log 2>&1 < /dev/null & echo $!")
+    url = f"http://127.0.0.1:{port}"  # the emulated device shares this machine's loopback
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except (OSError, urllib.error.HTTPError):
+                time.sleep(1)
+        else:
+            raise AssertionError("the device's server did not come up:\n" + _ssh(name, f"tail -5 {work}/run.log"))
+        changed, served = [], 0
+        for path, (label, score) in sorted(here.items()):
+            req = urllib.request.Request(url + "/api/predict", data=path.read_bytes(), method="POST")
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                answer = json.loads(resp.read())
+            served += 1
+            if answer["label"] != label or abs(answer["score"] - score) > 1e-5:
+                changed.append((path.name, label, score, answer["label"], answer["score"]))
+        assert served == len(here) >= 150
+        assert changed == [], f"{len(changed)} answers differ on {name}: {changed[:5]}"
+        with urllib.request.urlopen(url + "/api/status", timeout=30) as resp:
+            status = json.loads(resp.read())
+        assert status["model"]["file"] == "model_int8.tflite" and status["healthy"] is True
+    finally:
+        _ssh(name, f"kill {pid}; for i in $(seq 50); do kill -0 {pid} 2>/dev/null || break; sleep 0.2; done; "
+                   f"rm -rf {work}")

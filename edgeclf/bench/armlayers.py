@@ -34,8 +34,10 @@ BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 # ELF magic and mask of aarch64 executables (as Debian's qemu-user-static registers them)
 AARCH64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
 AARCH64_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
-RUNTIME_PINS = ("numpy", "ai-edge-litert", "onnxruntime", "opencv-python-headless")
+RUNTIME_PINS = ("numpy", "ai-edge-litert", "onnxruntime", "opencv-python-headless", "starlette", "uvicorn",
+                "prometheus-client", "paho-mqtt")
 REPO = Path(__file__).resolve().parents[2]
+DEVICE_EXTRAS = ("runtime", "serve")  # what a board installs: the runtime and the device service
 
 class DeviceError(EdgeclfError):
     """The emulated device cannot be started or stopped (one line)."""
@@ -209,16 +211,17 @@ def runtime_pins() -> list[str]:
 
 
 def runtime_requirements() -> list[str]:
-    """edgeclf's own dependencies and its ``runtime`` extra, as pyproject.toml states them."""
+    """edgeclf's own dependencies and its ``runtime`` and ``serve`` extras (what a board runs), as pyproject.toml
+    states them."""
     try:
         import tomllib
     except ImportError:  # Python 3.10: the installed metadata says the same
         from importlib.metadata import requires
 
         return [r.split(";")[0].strip() for r in requires("edgeclf") or []
-                if "extra" not in r or 'extra == "runtime"' in r]
+                if "extra" not in r or any(f'extra == "{x}"' in r for x in DEVICE_EXTRAS)]
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["runtime"]]
+    return [*project["dependencies"], *(r for x in DEVICE_EXTRAS for r in project["optional-dependencies"][x])]
 
 
 def _pip_target(args: list[str], target: Path, py: str, glibc: tuple[int, int], what: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from typing import Generic, Sequence, TypeVar
 
 from edgeclf.log import get_logger
@@ -97,7 +98,8 @@ class Hub:
         self.running = False
         self.ended = False  # the source ran out (a file, a video): no more frames will come
         self.end_reason = ""
-        self.fps = 0.0  # smoothed frames per second
+        self.fps = 0.0  # frames per second over the last 30 frames
+        self._times: deque[float] = deque(maxlen=30)
         self.snapshots = None  # a SnapshotWriter: the picture of each start event's frame (--snapshots)
         self._failed: set[int] = set()
         self._lock = threading.Lock()
@@ -124,9 +126,9 @@ class Hub:
 
     def publish(self, result: FrameResult) -> list[Event]:
         now = time.monotonic()
-        if self.last_frame:
-            inst = 1.0 / max(now - self.last_frame, 1e-6)
-            self.fps = inst if self.fps == 0.0 else 0.9 * self.fps + 0.1 * inst
+        self._times.append(now)  # frames per second over the last frames: a burst after a stall is no spike
+        span = now - self._times[0]
+        self.fps = (len(self._times) - 1) / span if span > 0 else 0.0
         before = self.tracker.state
         events = self.tracker.update(result)
         if self.snapshots is not None and result.image is not None:
