@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import _thread
 from pathlib import Path
@@ -25,7 +24,8 @@ from edgeclf.cli import main
 from edgeclf.imageio import bgr_to_rgb, load_resized, resize_rgb
 from edgeclf.runtime import (Classifier, LiveSource, Preprocess, RunOptions, SourceError, open_backend,
                              resolve_model, run_source)
-from edgeclf.runtime.sources import FileSource, Frame
+from edgeclf.runtime.frames import Frame
+from edgeclf.runtime.sources import FileSource
 from edgeclf.runtime.output import Window, display_available
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -282,7 +282,7 @@ class _StallingCamera:
     """A live source (real photos) that the test can stall and resume."""
 
     def __init__(self, frames: list[np.ndarray], prep):
-        from edgeclf.runtime.sources import LiveSource
+        from edgeclf.runtime.cameras import LiveSource
 
         self.flowing = threading.Event()
         self.flowing.set()

@@ -24,7 +24,9 @@ from edgeclf.runtime.backends import (BACKEND_NAMES, BACKENDS, PROVIDERS, Backen
 from edgeclf.runtime.loop import Classifier, RunOptions, RunSummary, run_source
 from edgeclf.runtime.model import ARTIFACT_PREFERENCE, ModelLoadError, ModelNotFound, ModelRef, resolve_model
 from edgeclf.runtime.output import Prediction, make_prediction
-from edgeclf.runtime.sources import Frame, LiveSource, Preprocess, Source, SourceError, open_source
+from edgeclf.runtime.cameras import LiveSource
+from edgeclf.runtime.frames import Frame, Preprocess, Source, SourceError
+from edgeclf.runtime.sources import open_source
 
 __all__ = [
     "ARTIFACT_PREFERENCE", "BACKEND_NAMES", "BACKENDS", "PROVIDERS", "Backend", "BackendUnavailable", "Classifier",

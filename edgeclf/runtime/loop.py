@@ -18,7 +18,8 @@ from edgeclf.runtime.events import FrameResult
 from edgeclf.runtime.hub import Hub
 from edgeclf.runtime.output import (PredictionWriter, Prediction, VideoSaver, Window, display_available, draw_overlay,
                                     make_prediction)
-from edgeclf.runtime.sources import FileSource, Frame, Preprocess, Skip, Source, SourceError, open_source
+from edgeclf.runtime.frames import Frame, Preprocess, Skip, Source, SourceError
+from edgeclf.runtime.sources import FileSource, open_source
 
 log = get_logger(__name__)
 
