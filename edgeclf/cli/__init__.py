@@ -73,15 +73,16 @@ def main() -> None:
       edgeclf export runs/train/exp --int8         TFLite and ONNX, verified
       edgeclf bench runs/train/exp/export --data DATA
       edgeclf run runs/train/exp/export --source 0 webcam, video, RTSP or folder
+      edgeclf label field/                        label the frames run --collect kept
       edgeclf report runs/train/exp               rebuild the run's page, report.html
       edgeclf sweep DATA --max-latency 5          the most accurate backbone x size within a budget
     """
 
 
 def _register() -> None:
-    from edgeclf.cli import bench, check, export, report, run, service, sweep, train
+    from edgeclf.cli import bench, check, export, label, report, run, service, sweep, train
 
-    for module in (check, train, export, bench, run, report, sweep, service):
+    for module in (check, train, export, bench, run, label, report, sweep, service):
         main.add_command(common_options(module.command))
 
 

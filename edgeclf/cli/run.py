@@ -75,6 +75,23 @@ from edgeclf.runtime.backends import BACKEND_NAMES
               help="Frame rate cap of the live view (it never costs inference time).")
 @click.option("--max-upload-mb", type=click.FloatRange(0, 1024, min_open=True), default=10.0, show_default=True,
               help="Largest image /api/predict accepts (413 above).")
+@click.option("--collect", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Save the frames worth labelling (JPEG) in DIR, a record each in DIR/collected.jsonl; "
+                   "label them with: edgeclf label DIR. A restart into the same DIR continues it.")
+@click.option("--collect-margin", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Collect: keep a frame whose two best scores are closer than this (0: off).")
+@click.option("--collect-below", type=click.FloatRange(0, 1), default=0.6, show_default=True,
+              help="Collect: keep a frame whose top score is below this (0: off).")
+@click.option("--collect-events/--no-collect-events", default=True, show_default=True,
+              help="Collect: keep the first frame of each event.")
+@click.option("--collect-every", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+              help="Collect: also keep a random 1 in N frames, confident or not (0: off).")
+@click.option("--collect-per-minute", type=click.IntRange(0), default=10, show_default=True,
+              help="Collect: at most this many frames in any minute (0: no cap).")
+@click.option("--collect-per-hour", type=click.IntRange(0), default=200, show_default=True,
+              help="Collect: at most this many frames in any hour (0: no cap).")
+@click.option("--collect-max-mb", type=click.FloatRange(0, min_open=True), default=1000.0, show_default=True,
+              help="Collect: stop collecting (nothing is deleted) when DIR would pass this many MB.")
 def command(model: Path, source: str, backend: str, artifact: str | None, threads: int | None, mode: str, provider: str,
             top_k: int, threshold: float, headless: bool, save: Path | None, output: Path | None,
             max_frames: int | None, reconnect_timeout: float | None, loop: bool, pace: float | None,
@@ -86,6 +103,7 @@ def command(model: Path, source: str, backend: str, artifact: str | None, thread
       edgeclf run export/ --source photos/ --output preds.csv --headless
       edgeclf run model_int8.tflite --source rtsp://cam.local/stream --save out.mp4
       edgeclf run export/ --source 0 --serve 8080 --mqtt mqtt://broker.local --ha-discovery
+      edgeclf run export/ --source 0 --collect field/     then: edgeclf label field/
     """
     def on_term(signum, frame):  # systemd/docker stop: the same clean shutdown as Ctrl-C
         raise KeyboardInterrupt
@@ -106,6 +124,14 @@ def _device_options(d: dict):
     from edgeclf.runtime.device import DeviceOptions
     from edgeclf.runtime.events import EventOptions
 
+    collect = None
+    if d.get("collect") is not None:
+        from edgeclf.runtime.collect import CollectOptions
+
+        collect = CollectOptions(folder=d["collect"], margin=d["collect_margin"], below=d["collect_below"],
+                                 events=d["collect_events"], every=d["collect_every"],
+                                 per_minute=d["collect_per_minute"], per_hour=d["collect_per_hour"],
+                                 max_mb=d["collect_max_mb"])
     labels = tuple(lb.strip() for lb in str(d["event_labels"]).split(",") if lb.strip()) if d["event_labels"] else None
     events = EventOptions(smooth=d["event_smooth"], enter=d["event_enter"], exit=d["event_exit"],
                           min_frames=d["event_min_frames"], cooldown=d["event_cooldown"], labels=labels)
@@ -113,7 +139,7 @@ def _device_options(d: dict):
                          device_name=d["device_name"], ha_discovery=d["ha_discovery"], webhook=d["webhook"],
                          snapshots=d["snapshots"], snapshots_max_mb=d["snapshots_max_mb"], events=events,
                          stall_after=d["stall_timeout"], stream_fps=d["stream_fps"],
-                         max_upload_mb=d["max_upload_mb"])
+                         max_upload_mb=d["max_upload_mb"], collect=collect)
 
 
 def _run(model, source, backend, artifact, threads, mode, provider, top_k, threshold, headless, save, output,

@@ -30,7 +30,7 @@ URL_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@")
 ENV_REF_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")  # a whole argument systemd fills in at start
 SAFE_WORD_RE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")  # needs no quoting in ExecStart=
 UNIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-PATH_OPTIONS = ("save", "output", "snapshots")  # run options whose value is a path: made absolute
+PATH_OPTIONS = ("save", "output", "snapshots", "collect")  # run options whose value is a path: made absolute
 
 
 class ServiceError(EdgeclfError):

@@ -14,12 +14,15 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgeclf.errors import ServiceError
 from edgeclf.runtime.backends import Backend
 from edgeclf.runtime.events import EventOptions
 from edgeclf.runtime.hub import Hub
+
+if TYPE_CHECKING:
+    from edgeclf.runtime.collect import CollectOptions
 
 TOKEN_ENV = "EDGECLF_TOKEN"
 MQTT_PASSWORD_ENV = "EDGECLF_MQTT_PASSWORD"
@@ -42,11 +45,13 @@ class DeviceOptions:
     max_upload_mb: float = 10.0
     top_k: int = 3  # as the run's: /api/predict answers an upload as the loop answers a frame
     threshold: float = 0.0
+    collect: "CollectOptions | None" = None  # --collect DIR: keep the frames worth labelling
 
     @property
     def wanted(self) -> bool:
         """True when the run needs a hub (any device option, or systemd watching it)."""
-        return bool(self.serve or self.mqtt or self.webhook or self.snapshots or os.environ.get("NOTIFY_SOCKET"))
+        return bool(self.serve or self.mqtt or self.webhook or self.snapshots or self.collect is not None
+                    or os.environ.get("NOTIFY_SOCKET"))
 
 
 def device_name(name: str = "") -> str:
@@ -108,6 +113,8 @@ def check(opts: DeviceOptions, classes: list[str]) -> None:
         raise ServiceError("--webhook: expected an http:// or https:// URL")
     if opts.stall_after <= 0:
         raise ServiceError("--stall-timeout must be above 0 seconds")
+    if opts.collect is not None:
+        opts.collect.check()
     try:
         opts.events.check(classes)
     except ValueError as exc:
@@ -149,6 +156,11 @@ def _build_hub(backend: Backend, opts: DeviceOptions, echo: Callable[[str], None
         from edgeclf.runtime.webhook import WebhookListener
 
         hub.add(WebhookListener(opts.webhook, device=device_name(opts.device_name), echo=echo))
+    if opts.collect is not None:
+        from edgeclf.runtime.collect import Collector
+
+        hub.add(Collector(opts.collect, classes=classes, model_sha256=info["sha256"], model_name=info["name"],
+                          echo=echo))
     if os.environ.get("NOTIFY_SOCKET"):
         from edgeclf.runtime.systemd import SystemdNotifier
 
