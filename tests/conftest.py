@@ -148,3 +148,16 @@ def runtime_models_dir() -> Path:
 def export_dir(runtime_models_dir) -> Path:
     """The runtime models' export folder (edgeclf.json, model_fp32/int8.tflite, model.onnx). Read-only."""
     return runtime_models_dir / "export"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (tests/web_helpers.py says how it is found)."""
+    from web_helpers import chromium
+
+    path = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()

@@ -270,8 +270,13 @@ def test_the_device_service_answers_on_arm_as_here(devices, small_export, hymeno
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    pid = _ssh(name, f"cd / && nohup python3 -m edgeclf run {work}/export --source {work}/src --loop --pace 1 "
-                     f"--serve 127.0.0.1:{port} > {work}/run.log 2>&1 < /dev/null & echo $!")
+    # the run in the foreground of an ssh session, as a user starts it; its first line is the shell's pid
+    session = subprocess.Popen(["ssh", "-o", "BatchMode=yes", name,
+                                f"cd / && echo $$ && exec python3 -m edgeclf run {work}/export --source {work}/src "
+                                f"--loop --pace 1 --serve 127.0.0.1:{port} > {work}/run.log 2>&1"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    pid = session.stdout.readline().strip()
+    assert pid.isdigit(), pid
     url = f"http://127.0.0.1:{port}"  # the emulated device shares this machine's loopback
     try:
         deadline = time.monotonic() + 240
@@ -284,19 +289,30 @@ def test_the_device_service_answers_on_arm_as_here(devices, small_export, hymeno
                 time.sleep(1)
         else:
             raise AssertionError("the device's server did not come up:\n" + _ssh(name, f"tail -5 {work}/run.log"))
-        changed, served = [], 0
+        # the int8 file's scores come in steps of its output scale: ARM may round a score to the next step
+        # (measured: 2 of 153 here), never to another label
+        step = json.loads((small_export / "edgeclf.json").read_text())
+        step = next(a for a in step["artifacts"] if a["file"] == "model_int8.tflite")["output"]["scale"]
+        changed, moved, served = [], [], 0
         for path, (label, score) in sorted(here.items()):
             req = urllib.request.Request(url + "/api/predict", data=path.read_bytes(), method="POST")
             with urllib.request.urlopen(req, timeout=120) as resp:
                 answer = json.loads(resp.read())
             served += 1
-            if answer["label"] != label or abs(answer["score"] - score) > 1e-5:
+            if answer["label"] != label:
                 changed.append((path.name, label, score, answer["label"], answer["score"]))
+            elif abs(answer["score"] - score) > 1e-5:
+                moved.append((path.name, score, answer["score"]))
         assert served == len(here) >= 150
         assert changed == [], f"{len(changed)} answers differ on {name}: {changed[:5]}"
+        assert all(abs(a - b) <= step * 1.01 for _, a, b in moved), moved
         with urllib.request.urlopen(url + "/api/status", timeout=30) as resp:
             status = json.loads(resp.read())
         assert status["model"]["file"] == "model_int8.tflite" and status["healthy"] is True
     finally:
-        _ssh(name, f"kill {pid}; for i in $(seq 50); do kill -0 {pid} 2>/dev/null || break; sleep 0.2; done; "
+        _ssh(name, f"kill {pid}; for i in $(seq 100); do kill -0 {pid} 2>/dev/null || break; sleep 0.2; done; "
                    f"rm -rf {work}")
+        try:
+            session.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            session.kill()

@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import HYMENOPTERA, edgeclf_cli  # noqa: E402
 from field_helpers import field_frames, write_video  # noqa: E402
-from test_serve import browser, free_port, http  # noqa: E402,F401  (the browser fixture)
+from web_helpers import free_port, http  # noqa: E402
 
 from edgeclf.runtime.collect import read_records  # noqa: E402
 

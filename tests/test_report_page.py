@@ -9,7 +9,6 @@ tests skip, unless EDGECLF_REQUIRE_BROWSER=1 (CI) makes that a failure.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from web_helpers import chromium
 from click.testing import CliRunner
 
 from edgeclf.cli import main
@@ -32,19 +32,9 @@ SECTIONS = ("training", "per-class", "data", "mistakes", "exports", "disagreemen
 CHROMIUM_OWN_HOSTS = ("google.com", "googleapis.com", "gvt1.com", "gstatic.com")  # its own services, not the page's
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.environ.get("EDGECLF_REQUIRE_BROWSER") == "1":
-        pytest.fail("headless Chromium is required here (EDGECLF_REQUIRE_BROWSER=1): apt-get install chromium")
-    pytest.skip("no Chromium here (apt-get install chromium)")
-
-
 def _render(page: Path, out: Path) -> tuple[str, set[str], Path]:
     """Chromium's DOM of ``page`` after loading, the http(s) URLs it requested, and a screenshot."""
-    browser = _chromium()
+    browser = chromium()
     common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
               "--disable-background-networking", f"--user-data-dir={out / 'profile'}"]
     net = out / "net.json"

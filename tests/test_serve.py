@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,26 +25,11 @@ import numpy as np
 import pytest
 
 from conftest import HYMENOPTERA
+from web_helpers import free_port, http
 from edgeclf.imageio import load_resized
 
 pytestmark = pytest.mark.slow
 VAL = HYMENOPTERA / "val"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 10.0):
-    """(status, headers, body) of a request; HTTP errors are answers too."""
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
 
 
 class Run:
@@ -101,26 +85,6 @@ def clip(tmp_path_factory) -> Path:
         writer.write(cv2.cvtColor(load_resized(p, 240, 320), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.environ.get("EDGECLF_REQUIRE_BROWSER") == "1":
-        pytest.fail("headless Chromium is required here (EDGECLF_REQUIRE_BROWSER=1): apt-get install chromium")
-    pytest.skip("no Chromium here (apt-get install chromium)")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    path = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 # --- the page ---------------------------------------------------------------------------------------

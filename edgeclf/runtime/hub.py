@@ -150,10 +150,12 @@ class Hub:
         """(healthy, reason): frames flowing, or why not."""
         if not self.running:
             return False, "the run has not started" if not self.ended else f"the run has ended: {self.end_reason}"
-        age = time.monotonic() - (self.last_frame or self.started)
+        now = time.monotonic()
+        if not self.last_frame:  # healthy means frames flow: the first one has to come first
+            return False, f"waiting for the first frame ({now - self.started:.1f} s since the source opened)"
+        age = now - self.last_frame
         if age > self.stall_after:
-            what = "no frame yet" if not self.last_frame else "no new frame"
-            return False, f"source stalled: {what} for {age:.1f} s (limit {self.stall_after:g} s)"
+            return False, f"source stalled: no new frame for {age:.1f} s (limit {self.stall_after:g} s)"
         return True, "frames flowing"
 
     def close(self, reason: str = "stopped") -> None:

@@ -41,6 +41,7 @@ COOKIE = "edgeclf_token"
 MAX_PENDING_PREDICTS = 8  # uploads waiting for the predict interpreter; more get 503
 BOUNDARY = "edgeclfframe"
 SEND_BUFFER = 128 * 1024  # per connection (the kernel doubles it)
+DISCARD_LIMIT = 64 * 1024 * 1024  # an upload over --max-upload-mb is read and dropped up to this, then cut off
 
 
 class DeviceServer(Listener):
@@ -285,17 +286,20 @@ def build_app(srv: DeviceServer):
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def predict(request: Request) -> Response:
+        too_big = {"error": f"upload over the {srv.max_upload / (1024 * 1024):g} MB limit (--max-upload-mb)"}
+        cutoff = max(DISCARD_LIMIT, 2 * srv.max_upload)
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > srv.max_upload:
-            return _count(srv, 413, {"error": f"upload over the {srv.max_upload // (1024 * 1024)} MB limit "
-                                              "(--max-upload-mb)"})
+        if length is not None and length.isdigit() and int(length) > cutoff:
+            return _count(srv, 413, too_big)  # not worth reading: the client may see the connection close
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > srv.max_upload:
-                return _count(srv, 413, {"error": f"upload over the {srv.max_upload // (1024 * 1024)} MB limit "
-                                                  "(--max-upload-mb)"})
-            chunks.append(chunk)
+            if size <= srv.max_upload:
+                chunks.append(chunk)
+            elif size > cutoff:
+                return _count(srv, 413, too_big)
+        if size > srv.max_upload:  # read to the end (and dropped), so that the client is ready for the answer
+            return _count(srv, 413, too_big)
         data = b"".join(chunks)
         if not data:
             return _count(srv, 400, {"error": "empty body: send the image's bytes (curl --data-binary @photo.jpg)"})
