@@ -13,6 +13,10 @@ from edgeclf.contract import Recipe, load_bundle
 from edgeclf.stats import mcnemar_exact
 import onnxruntime as ort
 
+if not sys.argv[1:] or sys.argv[1] in ("-h", "--help"):  # usage (after the imports: --help proves they resolve)
+    print(__doc__)
+    sys.exit(0 if sys.argv[1:] else 2)
+
 def run(data, x):
     o = ort.SessionOptions(); o.log_severity_level = 3
     s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
