@@ -58,6 +58,33 @@ def test_the_layers_hold():
     assert _imports_from(edges, "edgeclf.config", ("edgeclf.convert",)) == []
     assert _imports_from(edges, "edgeclf.bench", ("edgeclf.convert", "edgeclf.train", "edgeclf.rundir")) == []
     assert _imports_from(edges, "edgeclf.convert", ("edgeclf.bench",)) == []
+    # the product's first promise: the device runtime (the service and the field collector included) needs
+    # nothing of training, conversion, benchmarking, the backbones, the run's page or the sweep
+    assert _imports_from(edges, "edgeclf.runtime", ("edgeclf.train", "edgeclf.convert", "edgeclf.bench",
+                                                    "edgeclf.models", "edgeclf.page", "edgeclf.sweep")) == []
+
+
+def test_runtime_never_imports_tensorflow_even_lazily():
+    heavy = ("tensorflow", "keras", "tf_keras", "tensorflow_model_optimization", "tf2onnx")
+    found = []
+    for path in sorted((PKG / "runtime").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [(path.name, n) for n in names if n.split(".")[0] in heavy]
+    # the one exception, documented in backends.py: LiteRT's last fallback, tensorflow.lite, taken only where
+    # neither ai_edge_litert nor tflite_runtime is installed (a workstation; never a board)
+    assert found == [("backends.py", "tensorflow")]
+
+
+def test_imports_work_without_docstrings():
+    """python -OO drops docstrings: no module may build a constant from its own __doc__."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-OO", "-c", "import edgeclf.cli, edgeclf.bench.report, "
+                           "edgeclf.bench.armdevice, edgeclf.runtime.serve"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_no_import_circle():

@@ -395,7 +395,7 @@ def running() -> list[Device]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/arm-device.sh", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/arm-device.sh", description=(__doc__ or "").split("\n\n")[0] or None)
     sub = parser.add_subparsers(dest="command", required=True)
     p_start = sub.add_parser("start", help="start an emulated ARM device and add 'Host NAME' to ~/.ssh/config")
     p_start.add_argument("--cpu", required=True, help="QEMU CPU model: cortex-a72 (Pi 4), cortex-a76 (Pi 5), max, ... "

@@ -1,8 +1,30 @@
 """What ``edgeclf bench`` writes: the table on screen, ``bench.csv``, ``bench.json``, ``bench.md``,
 ``bench.png`` (matplotlib, optional) and one line appended to the benchmarks log.
 
-Definitions (also written into bench.md):
+The definitions of its columns are :data:`DEFINITIONS` (also written into bench.md).
+"""
+from __future__ import annotations
 
+import csv
+import io
+import json
+from pathlib import Path
+
+from edgeclf import fsutil
+from edgeclf.status import Status
+
+# Existing columns first, in their old order (scripts read them by position too); new ones after.
+CSV_COLUMNS = ["model", "format", "backend", "threads", "status", "note", "size_bytes", "size_mb", "top1", "top5",
+               "macro_f1", "drop_pt", "agreement", "export_top1", "export_diff_pt", "val_images", "load_ms",
+               "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "fps", "rss_peak_mib",
+               "rss_baseline_mib", "rss_model_mib", "runs", "warmup", "precision", "file", "engine", "imgsz",
+               "backbone", "export_dir", "device", "p50_ci_low_ms", "p50_ci_high_ms", "cold_start_ms", "import_ms",
+               "mcnemar_p", "only_reference_right", "only_model_right", "worst_class", "worst_class_drop_pt", "recipe",
+               "emulated", "val_total", "device_decode_top1", "device_decode_changed", "vs_first_changed",
+               "vs_first_lost", "vs_first_gained"]
+TABLE_COLUMNS = ["Format", "Status", "Size", "top-1", "Δ", "McNemar p", "worst class", "p50 (95% CI)", "p90", "p99",
+                 "FPS", "cold ms", "RAM"]
+DEFINITIONS = """\
 * device: where the row was measured: ``local`` (the machine bench ran on) or a ``--remote`` host, with
   its fingerprint (CPU, ISA features, memory, OS, runtimes, governor, temperature, throttling).
 * top-1 / top-5 / macro-F1: on the validation images, through the runtime backend of the row, on its device.
@@ -29,29 +51,7 @@ Definitions (also written into bench.md):
   itself, as it will decode its camera's frames; top-1 on those, and how many answers change.
 * recipe: for int8 models, how ``edgeclf export`` quantized them (from ``edgeclf.json``): operator format,
   calibration method and images, weight bits, per-channel, activation bits, layers kept in float.
-"""
-from __future__ import annotations
-
-import csv
-import io
-import json
-from pathlib import Path
-
-from edgeclf import fsutil
-from edgeclf.status import Status
-
-# Existing columns first, in their old order (scripts read them by position too); new ones after.
-CSV_COLUMNS = ["model", "format", "backend", "threads", "status", "note", "size_bytes", "size_mb", "top1", "top5",
-               "macro_f1", "drop_pt", "agreement", "export_top1", "export_diff_pt", "val_images", "load_ms",
-               "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "fps", "rss_peak_mib",
-               "rss_baseline_mib", "rss_model_mib", "runs", "warmup", "precision", "file", "engine", "imgsz",
-               "backbone", "export_dir", "device", "p50_ci_low_ms", "p50_ci_high_ms", "cold_start_ms", "import_ms",
-               "mcnemar_p", "only_reference_right", "only_model_right", "worst_class", "worst_class_drop_pt", "recipe",
-               "emulated", "val_total", "device_decode_top1", "device_decode_changed", "vs_first_changed",
-               "vs_first_lost", "vs_first_gained"]
-TABLE_COLUMNS = ["Format", "Status", "Size", "top-1", "Δ", "McNemar p", "worst class", "p50 (95% CI)", "p90", "p99",
-                 "FPS", "cold ms", "RAM"]
-DEFINITIONS = __doc__.split("Definitions (also written into bench.md):", 1)[1].strip()
+""".strip()  # a constant, not __doc__: python -OO drops docstrings
 
 
 def _round(v, nd=4):
