@@ -1,7 +1,7 @@
 """Settings as dataclasses, saved as ``args.yaml`` in the run folder (resume reads them back)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class TrainConfig:
     name: str = "exp"
     distributed: bool = False  # MultiWorkerMirroredStrategy across the hosts TF_CONFIG names
     split_from: str | None = None  # a run folder (or its split.json): train on its exact split, no scan
+    add: list[str] = field(default_factory=list)  # --add DIR...: labelled field images (DIR/labels.csv) to train on
+    field_val: float = 0.3  # share of the field images held out as the field validation set (stratified)
+    compare: str | None = None  # a previous run folder: its model judged on the same field validation images
 
     def save(self, path: str | Path) -> Path:
         return fsutil.write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))
@@ -68,6 +71,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         d.setdefault("holdout", 0.0)  # runs from before the holdout held nothing out
         d.setdefault("ema", 0.0)  # ... nor averaged their weights
+        d["add"] = list(d.get("add") or [])
         return cls(**{k: v for k, v in d.items() if k in known})
 
 

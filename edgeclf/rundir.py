@@ -5,6 +5,7 @@ Shared ground beside :mod:`edgeclf.contract` (the export folder). No TensorFlow.
       args.yaml  data_report.json  split.json  results.csv  results.png  report.json
       confusion_matrix.png  confusion_matrix_normalized.png  state.json
       val_predictions.csv          (every validation image: true and predicted class, scores)
+      field_val_predictions.csv    (with --add: every field validation image's answers; edgeclf.train.field_eval)
       report.html                  (the page: edgeclf.page; export and bench bring it up to date)
       weights/best.keras  weights/last.keras
       export/                      (edgeclf export's default output: the contract)

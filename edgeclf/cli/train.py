@@ -65,6 +65,16 @@ d = partial(default, TrainConfig)
 @click.option("--split-from", type=click.Path(path_type=str), default=d("split_from"),
               help="Train on the exact train/holdout/val split of this run folder (or split.json), without "
                    "scanning DATA again: models compared on the very same images (edgeclf sweep uses it).")
+@click.option("--add", "add", multiple=True, type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Labelled field images to train on (repeatable): DIR holds the frames and labels.csv (file,label; "
+                   "an empty label discards the frame), as edgeclf run --collect and edgeclf label write them. They "
+                   "join the training split, never the validation split; --field-val of them are held out.")
+@click.option("--field-val", type=float, default=d("field_val"), show_default=True, metavar="FRACTION",
+              help="Stratified share of the --add images held out as the field validation set: report.json and the "
+                   "page give top-1 on it beside the validation top-1 (0: none).")
+@click.option("--compare", type=click.Path(file_okay=False, path_type=str), default=d("compare"), metavar="RUN",
+              help="A previous run (the deployed model): its model is judged on the same field validation images "
+                   "and its validation top-1 set beside this run's, with the deltas.")
 @click.option("--project", default=d("project"), show_default=True)
 @click.option("--name", default=d("name"), show_default=True, help="Run folder name (exp2, exp3… when taken).")
 @click.option("--resume", "resume", is_flag=False, flag_value="last", default=None, metavar="[RUN_DIR]",
@@ -92,9 +102,13 @@ def command(data, resume, clear_cache, **opts) -> None:
             return
     if resume is None and not data:
         raise EdgeclfError("give a DATA folder to train on (or --resume RUN_DIR)")
-    cfg = TrainConfig(data=data or "", **{**opts, "unfreeze": str(opts["unfreeze"])})
+    cfg = TrainConfig(data=data or "", **{**opts, "unfreeze": str(opts["unfreeze"]), "add": list(opts["add"])})
     if resume is None:
         check_config(cfg)
+    elif cfg.add or cfg.compare:
+        from edgeclf.train.field_eval import check_resume
+
+        check_resume(cfg, resume)
     log.quiet_native_stderr()  # before TensorFlow is imported: its C++ start-up chatter
     info = train(cfg, resume=resume, progress=_progress_bar)
     if info is None:  # a cluster worker: the chief has the run folder

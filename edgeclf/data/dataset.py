@@ -12,6 +12,10 @@ candidates. A model fine-tuned until it gets every training image right agrees w
 itself on those images, so they cannot tell a good int8 recipe from a bad one; held-out images can, and the
 validation split stays untouched for the figure export reports.
 
+``edgeclf train DATA --add DIR`` adds labelled field images (:mod:`edgeclf.data.field`): to the training split,
+and a stratified share of them to the *field validation* split (``field_val``), never to the validation split or
+the holdout; ``split.json`` records each image's origin, the duplicate report covers them.
+
 Class folders may hold nested folders. Every candidate file is decoded once; what cannot be decoded is
 left out and listed in the report, never a crash and never silently.
 """
@@ -33,7 +37,8 @@ from edgeclf.imageio import ImageDecodeError, JUNK_NAMES, decode_rgb, is_candida
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 HOLDOUT = "holdout"
-SPLITS = ("train", HOLDOUT, "val", "test")
+FIELD_VAL = "field_val"  # labelled field images held out of training (``--add DIR --field-val``: data.field)
+SPLITS = ("train", HOLDOUT, "val", "test", FIELD_VAL)
 MIN_HOLDOUT_CLASS = 5  # a class with fewer training images than this gives none to the holdout
 
 
@@ -47,6 +52,7 @@ class Sample:
     label: int
     split: str
     sha256: str = ""  # of the file's bytes, when the scan read it (not kept in split.json)
+    origin: int = 0  # 0: the data folder; i: the i-th ``--add`` folder (Dataset.origins)
 
 
 @dataclass
@@ -64,6 +70,8 @@ class DataReport:
     val_split: float | None = None
     seed: int | None = None
     holdout: float = 0.0  # share of the training split held out of training
+    field: list[dict] = field(default_factory=list)  # one data.field.FieldReport per --add folder
+    field_val: float | None = None  # share of the field images held out as the field validation set
 
     @property
     def total(self) -> int:
@@ -81,6 +89,7 @@ class Dataset:
     classes: list[str]
     samples: list[Sample]
     report: DataReport
+    origins: list[str] = field(default_factory=list)  # [data folder, --add folders...], absolute
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -102,22 +111,34 @@ class Dataset:
         """Training images held out of training (export's int8 search judges on them)."""
         return self.split(HOLDOUT)
 
+    @property
+    def field_val(self) -> list[Sample]:
+        """Labelled field images held out of training (``--add DIR --field-val``)."""
+        return self.split(FIELD_VAL)
+
     def save(self, path: str | Path) -> Path:
-        """The exact split, so that export and bench use the same images as training did."""
+        """The exact split, so that export and bench use the same images as training did. Images of an
+        ``--add`` folder are recorded by absolute path, and ``origin`` gives each sample's folder in ``origins``."""
         d = {"root": os.path.abspath(self.root), "classes": self.classes,  # export may run from elsewhere
-             "samples": [[os.path.relpath(s.path, self.root), s.label, s.split] for s in self.samples]}
+             "samples": [[os.path.abspath(s.path) if s.origin else os.path.relpath(s.path, self.root), s.label,
+                          s.split] for s in self.samples]}
+        if any(s.origin for s in self.samples):
+            d["origins"] = [os.path.abspath(self.root), *self.origins[1:]]
+            d["origin"] = [s.origin for s in self.samples]
         return fsutil.write_json(path, d)
 
     @classmethod
     def load(cls, path: str | Path, report: DataReport | None = None) -> "Dataset":
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         root = Path(d["root"])
-        samples = [Sample(str(root / rel), int(label), split) for rel, label, split in d["samples"]]
+        origin = d.get("origin") or [0] * len(d["samples"])
+        samples = [Sample(str(root / rel), int(label), split, "", int(o))
+                   for (rel, label, split), o in zip(d["samples"], origin)]
         missing = [s.path for s in samples[:1] if not Path(s.path).exists()]
         if missing:
             raise DataError(f"the data set this run was trained on is not at {root} any more ({missing[0]} is missing)")
         rep = report or DataReport(str(root), "split", d["classes"], {})
-        return cls(root, list(d["classes"]), samples, rep)
+        return cls(root, list(d["classes"]), samples, rep, list(d.get("origins") or [str(root)]))
 
 
 def _visible_files(folder: Path) -> tuple[list[Path], int]:
@@ -169,9 +190,10 @@ def _check_file(path: Path) -> tuple[str | None, str | None, int]:
 
 
 def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int | None = None,
-         holdout: float = 0.0) -> Dataset:
-    """Scan ``root``, check every file once, split if needed, hold out ``holdout`` of the training split,
-    find duplicates. See module doc."""
+         holdout: float = 0.0, add: list[str] | tuple = (), field_val: float = 0.3) -> Dataset:
+    """Scan ``root``, check every file once, split if needed, hold out ``holdout`` of the training split, add
+    the labelled field images of each ``add`` folder (train, or ``field_val`` for a ``field_val`` share of
+    them: :mod:`edgeclf.data.field`), find duplicates. See module doc."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
@@ -227,8 +249,20 @@ def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int |
         good = _stratified_split(good, val_split, seed)
     if holdout > 0:
         good = _stratified_split(good, holdout, seed + 1, to=HOLDOUT, min_class=MIN_HOLDOUT_CLASS)
+    origins, field_reports = {}, []
+    if add:  # after the splits above: field images are never validation nor holdout images of DATA
+        from edgeclf.data.field import scan_field
 
-    samples = [Sample(str(f), index[c], s, digest) for s, c, f, digest in good]
+        items, origins, field_reports = scan_field(list(add), classes, field_val, seed, _check_file,
+                                                   _stratified_split, workers)
+        good += items
+        for r in field_reports:
+            skipped += r.skipped
+
+    def rel(p: Path | str) -> str:  # field images: absolute, as in split.json
+        return str(p) if origins.get(p) else os.path.relpath(p, root)
+
+    samples = [Sample(str(f), index[c], s, digest, origins.get(f, 0)) for s, c, f, digest in good]
     counts = {s: {c: 0 for c in classes} for s in SPLITS if any(g[0] == s for g in good)}
     for s, c, _, _ in good:
         counts[s][c] += 1
@@ -254,8 +288,9 @@ def scan(root: str | Path, val_split: float = 0.2, seed: int = 0, workers: int |
 
     report = DataReport(str(root), layout, classes, counts, skipped, ignored, empty, conflicts, leaks, dups,
                         val_split=val_split if layout == "folders" or "val" not in split_dirs else None,
-                        seed=seed, holdout=holdout)
-    return Dataset(root, classes, samples, report)
+                        seed=seed, holdout=holdout, field=[r.to_dict() for r in field_reports],
+                        field_val=field_val if add else None)
+    return Dataset(root, classes, samples, report, [str(root.resolve()), *(r.dir for r in field_reports)])
 
 
 def _stratified_split(good, share: float, seed: int, to: str = "val", min_class: int = 2):
@@ -306,6 +341,9 @@ def _report_renderables(report: DataReport, max_list: int = 10) -> list:
         if len(rows) > max_list:
             out.append(f"  … and {len(rows) - max_list} more (see data_report.json)")
 
+    for f in report.field:
+        out.append(f"field images from {f['dir']}: {f['used']} used ({f['train']} train, {f['field_val']} field "
+                   f"validation), {f['discarded']} discarded, {len(f['skipped'])} skipped, of {f['rows']} rows")
     listing("skipped, not usable as images", [f"{s['file']}: {s['reason']}" for s in report.skipped])
     listing("class folders with no usable training image, left out", report.empty_classes)
     listing("identical files under different classes (label conflict)", [" = ".join(g) for g in report.label_conflicts])

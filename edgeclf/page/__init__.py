@@ -51,7 +51,7 @@ def _folders(run_dir: Path, kind: str, marker: str) -> list[Path]:
 
 def build(run_dir: str | Path) -> Path:
     """Write ``RUN/report.html`` from the run's files and its noted export and bench folders; its path."""
-    from edgeclf.page import html, sections
+    from edgeclf.page import field, html, sections
 
     run_dir = Path(run_dir)
     info = rundir.load_run(run_dir)  # one-line error when it is not a run folder
@@ -66,6 +66,8 @@ def build(run_dir: str | Path) -> Path:
     parts = [sections.training(run_dir, rep), sections.per_class(run_dir, rep), sections.data(run_dir),
              sections.mistakes(run_dir, rep, root), sections.exports(exports), sections.disagreements(exports),
              sections.bench(benches)]
+    if field.wanted(rep):  # a run trained with --add (the field loop): after the mistakes on the original photos
+        parts.insert(4, field.section(run_dir, rep, sections.MAX_THUMBS))
     subtitle = (f"{info.config.model}, {info.imgsz} px, {len(info.classes)} classes; data {root}; "
                 f"page written {time.strftime('%Y-%m-%d %H:%M')}")
     return fsutil.write_text(run_dir / PAGE, html.page(f"edgeclf run {run_dir.name}", subtitle, parts))

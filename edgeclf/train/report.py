@@ -90,6 +90,29 @@ def print_summary(rep: dict, classes: list[str], run_dir: Path, console) -> None
     extra = f", top-5 {rep['top5']:.2%}" if "top5" in rep else ""
     console.print(f"[b]val top-1 {rep['top1']:.2%}[/b]{extra}, macro-F1 {rep['macro_f1']:.3f}, "
                   f"{rep['train_seconds']:.0f}s of training. Results in {run_dir}", highlight=False)
+    for line in field_lines(rep):
+        console.print(line, highlight=False, markup=False)
     if (Path(run_dir) / "report.html").is_file():
         console.print(f"report: {Path(run_dir) / 'report.html'}", highlight=False, markup=False)
     console.print(f"next: edgeclf export {run_dir} --int8", highlight=False, markup=False)
+
+
+def field_lines(rep: dict) -> list[str]:
+    """The field loop's figures (``--add``, ``--compare``) in words: the summary's and the page's."""
+    out = []
+    fv, cmp_ = rep.get("field_val"), rep.get("compare") or {}
+    field = rep.get("field") or {}
+    if field:
+        out.append(f"field images: {field.get('train_images', 0)} trained on, {field.get('field_val_images', 0)} "
+                   f"held out as the field validation set")
+    if fv:
+        line = f"field validation top-1 {fv['top1']:.2%} ({fv['correct']}/{fv['images']})"
+        if isinstance(cmp_.get("field_val_top1"), (int, float)):
+            line += (f"; the previous model ({Path(cmp_['run']).name}) {cmp_['field_val_top1']:.2%} on the same "
+                     f"images: {100 * cmp_['field_val_top1_delta']:+.1f} pt")
+        out.append(line)
+    if isinstance(cmp_.get("val_top1"), (int, float)):
+        note = "" if cmp_.get("same_val_images") else " (its validation images differ from this run's)"
+        out.append(f"validation top-1 {rep['top1']:.2%}; the previous model ({Path(cmp_['run']).name}) "
+                   f"{cmp_['val_top1']:.2%}: {100 * cmp_['val_top1_delta']:+.1f} pt{note}")
+    return out

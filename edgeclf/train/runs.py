@@ -47,6 +47,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise EdgeclfError(f"--cache-views must be 0 or more (got {cfg.cache_views})")
     if cfg.batch < 1:
         raise EdgeclfError(f"--batch must be 1 or more (got {cfg.batch})")
+    from edgeclf.train.field_eval import check_field_options
+
+    check_field_options(cfg)
 
 
 def prepare_run(cfg: TrainConfig, exact_name: bool = False) -> Run:
@@ -54,8 +57,12 @@ def prepare_run(cfg: TrainConfig, exact_name: bool = False) -> Run:
     (``project/name``, or ``name2``, ``name3``… when taken, unless ``exact_name``)."""
     check_config(cfg)
     ds = split_from(cfg) if cfg.split_from else scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed,
-                                                     holdout=cfg.holdout)
+                                                     holdout=cfg.holdout, add=cfg.add, field_val=cfg.field_val)
     log.info(format_report(ds.report))
+    if cfg.compare:
+        from edgeclf.train.field_eval import check_compare
+
+        check_compare(cfg.compare, ds)
     if exact_name:
         run_dir = Path(cfg.project) / cfg.name
         (run_dir / "weights").mkdir(parents=True, exist_ok=True)
@@ -117,7 +124,8 @@ def open_cluster_run(cfg: TrainConfig, cluster) -> Run:
         else:
             run = prepare_run(cfg, exact_name=True)
     else:
-        run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, holdout=cfg.holdout), RunState())
+        run = Run(None, cfg, scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, holdout=cfg.holdout, add=cfg.add,
+                                  field_val=cfg.field_val), RunState())
     cluster.same_everywhere(_fingerprint(run.cfg, run.data), "the training settings or the data split")
     for split in ("train", "val"):
         if len(run.data.split(split)) < cluster.workers:

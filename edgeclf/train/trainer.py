@@ -37,6 +37,7 @@ from edgeclf.imageio import RESIZE_IMPLEMENTATION
 from edgeclf.log import get_logger
 from edgeclf.models.registry import get_backbone
 from edgeclf.rundir import RunInfo
+from edgeclf.train.field_eval import add_field_figures
 from edgeclf.train.runs import Run, check_config, open_cluster_run, prepare_run, resume_run  # noqa: F401 (API)
 from edgeclf.train.stages import Stage, lr_at, plan_stages  # noqa: F401  (part of this module's API)
 from edgeclf.train.state import EpochRecorder
@@ -76,7 +77,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: Progress
         session.cache_features()
         for stage_index in range(run.state.stage, len(run.stages)):
             session.run_stage(stage_index)
-        report = session.evaluate()
+        report = add_field_figures(session, session.evaluate())  # --add, --compare: the field loop
     except Exception as exc:
         from edgeclf.train.distribute import ClusterError, peer_lost
 
