@@ -57,11 +57,11 @@ from edgeclf.runtime.backends import BACKEND_NAMES
               help="Save the picture of each event's start frame as JPEG in this folder.")
 @click.option("--snapshots-max-mb", type=click.FloatRange(0, min_open=True), default=500.0, show_default=True,
               help="Disk cap of --snapshots: the oldest pictures go first.")
-@click.option("--event-smooth", type=click.IntRange(1, 1000), default=5, show_default=True,
+@click.option("--event-smooth", type=click.IntRange(1, 1000), default=9, show_default=True,
               help="Events: frames over which scores are averaged.")
-@click.option("--event-enter", type=click.FloatRange(0, 1, min_open=True), default=0.7, show_default=True,
+@click.option("--event-enter", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Events: smoothed score at which a label starts...")
-@click.option("--event-exit", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--event-exit", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="...and below which it ends (lower than --event-enter: no flapping).")
 @click.option("--event-min-frames", type=click.IntRange(1, 10000), default=3, show_default=True,
               help="Events: consecutive frames at or above --event-enter before a label starts.")
