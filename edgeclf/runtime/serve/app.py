@@ -41,6 +41,7 @@ COOKIE = "edgeclf_token"
 MAX_PENDING_PREDICTS = 8  # uploads waiting for the predict interpreter; more get 503
 BOUNDARY = "edgeclfframe"
 SEND_BUFFER = 128 * 1024  # per connection (the kernel doubles it)
+ABORT_AFTER = 0.3  # seconds a connection still open at shutdown gets before it is cut
 DISCARD_LIMIT = 64 * 1024 * 1024  # an upload over --max-upload-mb is read and dropped up to this, then cut off
 
 
@@ -67,6 +68,7 @@ class DeviceServer(Listener):
         self._pending = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeclf-predict")
         self._server = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
 
@@ -106,8 +108,7 @@ class DeviceServer(Listener):
         config = uvicorn.Config(build_app(self), log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2, server_header=False)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True,
-                                        name="edgeclf-server")
+        self._thread = threading.Thread(target=self._serve, args=(sock,), daemon=True, name="edgeclf-server")
         self.view.start()
         self._thread.start()
         deadline = time.monotonic() + 15
@@ -119,12 +120,32 @@ class DeviceServer(Listener):
         self.echo(f"serving: {self.url}{auth} -- page, /stream.mjpg, /api/latest, /api/events, /api/predict, "
                   "/metrics, /healthz")
 
+    def _serve(self, sock: socket.socket) -> None:
+        async def serve() -> None:
+            self._aloop = asyncio.get_running_loop()
+            await self._server.serve(sockets=[sock])
+
+        asyncio.run(serve())
+
+    def _abort_connections(self) -> None:
+        """On the server's loop: cut what is still open after the grace (a viewer that never reads would
+        otherwise hold the shutdown until Uvicorn's timeout, and end in a cancelled task's traceback)."""
+        for connection in list(self._server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+
     def close(self) -> None:
         self.closing = True
         self.stream.close()
         self.view.close()
         if self._server is not None:
             self._server.should_exit = True
+            if self._aloop is not None:
+                try:
+                    self._aloop.call_soon_threadsafe(self._aloop.call_later, ABORT_AFTER, self._abort_connections)
+                except RuntimeError:  # its loop has already ended
+                    pass
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
