@@ -1,4 +1,7 @@
-"""Are the event layer's defaults (smooth 5, enter 0.7, exit 0.5, min frames 3, cooldown 2 s) good ones?
+"""Are the event layer's defaults good ones? Smoothing, enter/exit, min frames, measured on a video of real photos.
+
+The defaults are read from ``EventOptions()``; the hand-picked ones they replaced (smooth 5, enter 0.7, exit 0.5,
+min frames 3; until commit 22f1e20, chosen from this record's first run) are kept beside them for reference.
 
 A camera's view of a scene that changes: a video of real photos (hymenoptera val, never the probe's train
 photos) in runs of one class -- random lengths, alternating ants/bees, a fixed seed -- with single frames
@@ -58,7 +61,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hymenoptera_data" / "val"
 CLASSES = ("ants", "bees")
 
 GRID = {"smooth": (1, 3, 5, 9), "enter": (0.6, 0.7, 0.8, 0.9), "exit": (0.3, 0.5), "min_frames": (1, 2, 3, 5)}
-DEFAULT = {"smooth": 5, "enter": 0.7, "exit": 0.5, "min_frames": 3}
+HAND_PICKED = {"smooth": 5, "enter": 0.7, "exit": 0.5, "min_frames": 3}  # the defaults until commit 22f1e20
 DEFAULT_HOLDS = ["3-10", "1-1"]
 DEFAULT_ARTIFACTS = ["tflite-int8", "onnx-fp32"]
 
@@ -360,8 +363,30 @@ HEADER = ("| setting | rank | clean runs | missed | spurious starts (other label
           "| start delay, mean frames | p90 | end delay, mean frames |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def is_default(setting: dict) -> bool:
-    return setting == DEFAULT
+def code_defaults() -> dict:
+    """Today's defaults: EventOptions() of this checkout (cooldown apart)."""
+    from edgeclf.runtime.events import EventOptions
+
+    o = EventOptions()
+    return {"smooth": o.smooth, "enter": o.enter, "exit": o.exit, "min_frames": o.min_frames}
+
+
+def references(rec: dict) -> list[tuple[str, dict]]:
+    """(name, setting) of the defaults to show: today's, and the hand-picked ones when they differ."""
+    today = rec.get("defaults") or rec.get("default")
+    hand = rec.get("hand_picked", today)
+    if hand == today:
+        return [("**defaults**", today)]
+    return [("**today's defaults**", today), ("hand-picked defaults until 22f1e20", hand)]
+
+
+def mark(rec: dict, setting: dict) -> str:
+    names = [n for n, s in references(rec) if s == setting]
+    return f" ({', '.join(names)})" if names else ""
+
+
+def find(rows: list[dict], setting: dict) -> dict | None:
+    return next((r for r in rows if r["setting"] == setting), None)
 
 
 def hold_text(hold) -> str:
@@ -430,26 +455,30 @@ def render(rec: dict) -> str:
     lines.append("")
 
     rows = main["grid"]
-    default = next(r for r in rows if is_default(r["setting"]))
+    refs = references(rec)
     lines += [f"## {main['info']['artifact']}, photo held {main['hold'][0]}-{main['hold'][1]} frames (the main "
-              "ranking)", "", f"Best of {len(rows)} settings by the rule above, and the current defaults:", "",
-              HEADER]
-    ranks = set()
+              "ranking)", "", f"Best of {len(rows)} settings by the rule above, and the defaults:", "", HEADER]
     for r in rows[:10]:
-        lines.append(row_md(label(r["setting"]) + (" (**defaults**)" if is_default(r["setting"]) else ""),
-                            r["score"], r["rank"]))
-        ranks.add(r["rank"])
-    if default["rank"] not in ranks:
-        lines.append(row_md(label(default["setting"]) + " (**defaults**)", default["score"], default["rank"]))
-    lines += ["", "The defaults with one parameter changed:", "", HEADER]
+        lines.append(row_md(label(r["setting"]) + mark(rec, r["setting"]), r["score"], r["rank"]))
+    for name, setting in refs:
+        r = find(rows, setting)
+        if r is not None and r["rank"] > 10:
+            lines.append(row_md(f"{label(setting)} ({name})", r["score"], r["rank"]))
+    today = refs[0][1]
+    lines += ["", f"Today's defaults with one parameter changed ({label(today)}):", "", HEADER]
     for key, values in GRID.items():
         for val in values:
-            if val == DEFAULT[key]:
-                continue
-            r = next(x for x in rows if x["setting"] == dict(DEFAULT, **{key: val}))
-            lines.append(row_md(f"{key} {val:g}", r["score"], r["rank"]))
-    n_err = sum(1 for r in rows if r["score"]["errors"] < default["score"]["errors"])
-    lines += ["", f"Defaults: rank {default['rank']} of {len(rows)}; {n_err} settings make fewer errors.", "",
+            r = find(rows, dict(today, **{key: val}))
+            if val != today[key] and r is not None:
+                lines.append(row_md(f"{key} {val:g}", r["score"], r["rank"]))
+    lines.append("")
+    for name, setting in refs:
+        r = find(rows, setting)
+        if r is not None:
+            n_err = sum(1 for x in rows if x["score"]["errors"] < r["score"]["errors"])
+            lines.append(f"- {name.strip('*')} ({label(setting)}): rank {r['rank']} of {len(rows)}; {n_err} "
+                         "settings make fewer errors.")
+    lines += ["",
               "Cooldown (fixed in the grid): the best setting and the defaults at other cooldowns:", "",
               "| setting | cooldown s | clean runs | missed | spurious | bad ends | errors | start delay, mean frames |",
               "|---|---|---|---|---|---|---|---|"]
@@ -478,9 +507,10 @@ def render(rec: dict) -> str:
                   HEADER]
         for r in g[:3]:
             lines.append(row_md(label(r["setting"]), r["score"], r["rank"]))
-        for name, setting in (("best of the main ranking", best_main), ("**defaults**", DEFAULT)):
-            r = next(x for x in g if x["setting"] == setting)
-            lines.append(row_md(f"{label(setting)} ({name})", r["score"], r["rank"]))
+        for name, setting in [("best of the main ranking", best_main)] + references(rec):
+            r = find(g, setting)
+            if r is not None:
+                lines.append(row_md(f"{label(setting)} ({name})", r["score"], r["rank"]))
         lines.append("")
 
     if others:
@@ -490,9 +520,9 @@ def render(rec: dict) -> str:
                   "mean start delays): the setting that holds up everywhere.", "",
                   "| setting | rank | errors, sum | errors per measurement | start delay, mean frames |",
                   "|---|---|---|---|---|"]
-        shown = combined[:10] + [c for c in combined[10:] if is_default(c["setting"])]
+        shown = combined[:10] + [c for c in combined[10:] if mark(rec, c["setting"])]
         for c in shown:
-            name = label(c["setting"]) + (" (**defaults**)" if is_default(c["setting"]) else "")
+            name = label(c["setting"]) + mark(rec, c["setting"])
             lines.append(f"| {name} | {c['rank']} | **{c['errors']}** | {' / '.join(map(str, c['each']))} | "
                          f"{c['delay']:.1f} |")
         lines.append("")
@@ -567,7 +597,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="one video per range of frames each photo stays in view; the first is the main ranking "
                          f"[{' '.join(DEFAULT_HOLDS)}]")
     ap.add_argument("--fps", type=float, default=30.0, help="the video's frame rate; event time = frame / fps [30]")
-    ap.add_argument("--cooldown", type=float, default=2.0, help="EventOptions.cooldown, fixed in the grid [2.0]")
+    ap.add_argument("--cooldown", type=float, default=None,
+                    help="EventOptions.cooldown, fixed in the grid [today's default, 2.0 s]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="inference threads [all cores]")
     ap.add_argument("--keep-video", type=Path, default=None, metavar="DIR",
@@ -584,10 +615,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.export is None:
         ap.error("EXPORT is required (unless --render)")
 
+    if args.cooldown is None:
+        from edgeclf.runtime.events import EventOptions
+
+        args.cooldown = EventOptions().cooldown
     t0 = time.monotonic()
     load_before = load_average()
     size = (320, 240)
     holds = [tuple(int(x) for x in h.split("-")) for h in args.holds]
+    defaults = code_defaults()
     measurements = []
     with tempfile.TemporaryDirectory(prefix="edgeclf-event-defaults-") as tmp:
         for vi, hold in enumerate(holds):
@@ -608,22 +644,22 @@ def main(argv: list[str] | None = None) -> None:
                 meas = {"hold": list(hold), "info": info, "summary": summary,
                         "classifier": classifier_stats(probs, runs, shown), "grid": grid}
                 if vi == 0 and not measurements:
+                    refs = [("best", grid[0]["setting"])] + [(n.strip("*"), st) for n, st in references(
+                        {"defaults": defaults, "hand_picked": HAND_PICKED})]
                     meas["cooldown"] = [
                         {"name": f"{cname}: {label(setting)}", "cooldown": cd,
                          "score": score_one(probs, runs, args.fps, setting, cd)}
-                        for cname, setting in (("best", grid[0]["setting"]), ("defaults", DEFAULT))
-                        for cd in sorted({0.0, 1.0, args.cooldown})]
+                        for cname, setting in refs for cd in sorted({0.0, 1.0, args.cooldown})]
                     meas["beyond"] = beyond_grid(probs, runs, args.fps, args.cooldown, grid[0]["setting"])
                     oracle = np.eye(len(CLASSES))[shown] * 0.98 + 0.01  # the class shown, every frame
                     meas["oracle"] = [
                         {"name": f"{cname}: {label(setting)}", "cooldown": cd,
                          "score": score_one(oracle, runs, args.fps, setting, cd)}
-                        for cname, setting in (("best", grid[0]["setting"]), ("defaults", DEFAULT))
-                        for cd in sorted({0.0, args.cooldown})]
+                        for cname, setting in refs for cd in sorted({0.0, args.cooldown})]
                 measurements.append(meas)
                 print(f"{name}, hold {hold}: {info['frames']} frames at {info['fps']} FPS; best "
                       f"{label(grid[0]['setting'])} errors {grid[0]['score']['errors']}; defaults rank "
-                      f"{next(r['rank'] for r in grid if is_default(r['setting']))} ({time.monotonic() - t0:.1f} s)",
+                      f"{(find(grid, defaults) or {}).get('rank', '-')} ({time.monotonic() - t0:.1f} s)",
                       file=sys.stderr)
     truth = np.concatenate([[r.label] * (r.end - r.start + 1) for r in runs])
     planted = shown != truth
@@ -642,14 +678,14 @@ def main(argv: list[str] | None = None) -> None:
     rec = {"date": time.strftime("%Y-%m-%d %H:%M"), "wall_s": time.monotonic() - t0, "machine": machine(),
            "load_before": load_before, "load_after": load_average(), "cooldown": args.cooldown,
            "argv": " ".join(argv_shown),
-           "video": {"runs": len(runs), "frames": int(len(shown)), "fps": args.fps, "size": f"{size[0]}x{size[1]}",
+           "video": {"runs": len(runs), "frames": len(shown), "fps": args.fps, "size": f"{size[0]}x{size[1]}",
                      "run_frames": list(args.run_frames), "holds": [list(h) for h in holds], "seed": args.seed,
                      "data": os.path.relpath(args.data, ROOT), "photos": photos,
                      "planted_frames": int(planted.sum()), "planted_burst": int(bursts),
                      "planted_single": int(planted.sum()) - 2 * int(bursts),
                      "planted_fraction": float(planted.mean()),
                      "truth": [[CLASSES[r.label], r.start, r.end] for r in runs]},
-           "grid_axes": GRID, "default": DEFAULT, "measurements": measurements,
+           "grid_axes": GRID, "defaults": defaults, "hand_picked": HAND_PICKED, "measurements": measurements,
            "combined": combine(measurements)}
     out_json = args.out.with_suffix(".json")
     if out_json.is_file():  # keep a conclusion written by hand
