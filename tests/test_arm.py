@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import INT8_DRIFT  # noqa: E402
+
 from edgeclf.bench import armdevice, armlayers
 
 pytestmark = [pytest.mark.arm, pytest.mark.slow]
@@ -154,6 +156,7 @@ def _same_count(top1: float, export_top1: float, images: int) -> bool:
     return round(top1 * images) == round(export_top1 * images)
 
 
+@INT8_DRIFT
 def test_every_artifact_answers_on_arm_as_export_measured(arm_bench, devices, small_export):
     data, proc, out = arm_bench
     export = {a["file"]: a for a in json.loads((small_export / "edgeclf.json").read_text())["artifacts"]}

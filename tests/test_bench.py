@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import INT8_DRIFT  # noqa: E402
 from click.testing import CliRunner
 
 from edgeclf.bench.report import CSV_COLUMNS
@@ -316,6 +318,7 @@ def test_two_exports_one_table(export_dir, second_export, hymenoptera, tmp_path,
     assert float(next(r for r in r128 if r["format"] == "tflite-fp32")["drop_pt"]) == 0
 
 
+@INT8_DRIFT
 def test_opencv_runs_the_int8_onnx_model_like_onnxruntime(export_dir, hymenoptera, tmp_path):
     """OpenCV DNN on the int8 ONNX model, QDQ or QOperator (OpenCV 5's classic engine runs QDQ graphs its
     new engine refuses): it loads and agrees with ONNX Runtime within a point or two."""

@@ -26,7 +26,7 @@ from edgeclf.contract import CONTRACT_FILE, LABELS_FILE, METADATA_KEY, load_bund
 from edgeclf.convert.exporter import EXIT_DROP, EXIT_FAILED, EXIT_OK, export_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import edgeclf_cli  # noqa: E402
+from conftest import INT8_DRIFT, edgeclf_cli  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")]
@@ -272,6 +272,7 @@ def planted_run(small_run, tmp_path_factory) -> Path:
     return plant_outlier(small_run, tmp_path_factory.mktemp("planted") / "run")
 
 
+@INT8_DRIFT
 def test_search_keeps_the_planted_layer_in_float_and_meets_the_budget(planted_run, tmp_path):
     from export_helpers import PLANTED_CONSUMER, PLANTED_PRODUCER
 
@@ -460,6 +461,7 @@ def test_bias_correction_moves_only_biases_and_converges(run_dir, tmp_path):
         quantizer.close()
 
 
+@INT8_DRIFT
 def test_gptq_rounding_changes_only_int8_weights_and_brings_the_model_closer_to_float(run_dir, tmp_path):
     """On the session's real model, QDQ and QOperator: GPTQ rounding changes only int8 convolution weights (same
     size, same operators, scales untouched, each weight a few levels from its nearest), and the rounded model's
@@ -538,6 +540,7 @@ def test_recipe_is_recorded_and_read_back_by_run(exported, hymenoptera, tmp_path
     assert f"quantized: {bundle.artifact('tflite-int8').recipe.label()}" in proc.stderr
 
 
+@INT8_DRIFT
 def test_qat_fine_tunes_and_keeps_the_accuracy(run_dir, hymenoptera, tmp_path):
     """--qat: fake-quant fine-tuning under tf_keras, ranges started from the calibration images; the ONNX
     int8 model is the same QAT model carried over (QDQ, uint8 activations), trained once for both."""
@@ -750,6 +753,7 @@ def test_train_and_export_print_no_tensorflow_chatter(small_run, exported):
     assert "val top-1" in train_log and "verifying on" in exported.log
 
 
+@INT8_DRIFT
 def test_temperature_calibrates_an_over_confident_model_in_every_format(run_dir, exported, tmp_path):
     """Training fits a temperature on validation and the default export folds it into every file; a model
     made over-confident on purpose (its logits times 4) gets a temperature that lowers its calibration error,
