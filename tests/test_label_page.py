@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import HYMENOPTERA, edgeclf_cli  # noqa: E402
 from field_helpers import field_frames, write_video  # noqa: E402
-from web_helpers import free_port, http  # noqa: E402
+from web_helpers import EdgeclfServer, free_port, http  # noqa: E402
 
 from edgeclf.runtime.collect import read_records  # noqa: E402
 
@@ -29,45 +26,15 @@ pytestmark = pytest.mark.slow
 USER_ROWS = [["mine/extra.jpg", "wasp"], ["mine/other.jpg", ""]]  # written by a person: kept as they are
 
 
-class Label:
+class Label(EdgeclfServer):
     """``edgeclf label DIR --serve 127.0.0.1:PORT`` in a subprocess; stopped (SIGTERM) on exit."""
 
+    ready_path = "/api/items"
+    start_timeout = 30.0
+
     def __init__(self, folder: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "edgeclf", "label", str(folder), "--serve", f"127.0.0.1:{self.port}", *args]
-        self.out = self.err = ""
-        self.headers = {"Authorization": f"Bearer {args[args.index('--token') + 1]}"} if "--token" in args else {}
-
-    def __enter__(self) -> "Label":
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"edgeclf label exited {self.proc.returncode}:\n{self.err[-3000:]}")
-            try:
-                if http(f"{self.url}/api/items", headers=self.headers, timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"edgeclf label did not come up:\n{self.err[-3000:]}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        self.out, self.err = self.out + out, self.err + err
-        return self.proc.returncode
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        token = {"Authorization": f"Bearer {args[args.index('--token') + 1]}"} if "--token" in args else {}
+        super().__init__(["label", str(folder), *args], headers=token)
 
 
 @pytest.fixture(scope="module")

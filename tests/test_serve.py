@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,54 +24,18 @@ import numpy as np
 import pytest
 
 from conftest import HYMENOPTERA
-from web_helpers import free_port, http
+from web_helpers import EdgeclfServer, free_port, http
 from edgeclf.imageio import load_resized
 
 pytestmark = pytest.mark.slow
 VAL = HYMENOPTERA / "val"
 
 
-class Run:
+class Run(EdgeclfServer):
     """`edgeclf run ... --serve 127.0.0.1:PORT` in a subprocess; stopped (SIGTERM) on exit."""
 
     def __init__(self, *args: str, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "edgeclf", "run", *args, "--serve", f"127.0.0.1:{self.port}"]
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen | None = None
-        self.out = self.err = ""
-
-    def __enter__(self) -> "Run":
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"edgeclf run exited {self.proc.returncode}:\n{self.err[-3000:]}")
-            try:
-                status, _, _ = http(f"{self.url}/healthz", timeout=2)
-                if status == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"edgeclf run --serve did not come up:\n{self.err[-3000:]}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        self.out, self.err = self.out + out, self.err + err
-        return self.proc.returncode
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().__init__(["run", *args], env=env)
 
 
 @pytest.fixture(scope="module")

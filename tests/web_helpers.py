@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -40,3 +44,50 @@ def chromium() -> str:
     if os.environ.get("EDGECLF_REQUIRE_BROWSER") == "1":
         pytest.fail("headless Chromium is required here (EDGECLF_REQUIRE_BROWSER=1): apt-get install chromium")
     pytest.skip("no Chromium here (apt-get install chromium)")
+
+
+class EdgeclfServer:
+    """``python -m edgeclf COMMAND ... --serve 127.0.0.1:PORT`` in a subprocess, as a user starts it: ready once
+    ``ready_path`` answers 200; stopped with SIGTERM on exit, its output kept in ``out`` and ``err``."""
+
+    ready_path = "/healthz"
+    start_timeout = 60.0
+
+    def __init__(self, command: list[str], env: dict | None = None, headers: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "edgeclf", *command, "--serve", f"127.0.0.1:{self.port}"]
+        self.env = {**os.environ, **(env or {})}
+        self.headers = headers or {}
+        self.proc: subprocess.Popen | None = None
+        self.out = self.err = ""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(f"{' '.join(self.args[2:4])} exited {self.proc.returncode}:\n{self.err[-3000:]}")
+            try:
+                if http(self.url + self.ready_path, headers=self.headers, timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"{' '.join(self.args[2:4])} --serve did not come up:\n{self.err[-3000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        self.out, self.err = self.out + out, self.err + err
+        return self.proc.returncode
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
