@@ -134,13 +134,19 @@ def write_predictions(run_dir: Path, samples: list, root: Path, probs, classes: 
 
 def read_predictions(run_dir: Path) -> list[dict]:
     """The rows of ``val_predictions.csv`` (empty when the run has none: trained before it was written)."""
+    return read_score_rows(Path(run_dir) / PREDICTIONS, ("score", "true_score"))
+
+
+def read_score_rows(path: Path, scores: tuple[str, ...]) -> list[dict]:
+    """The rows of a run's predictions CSV, the ``scores`` columns as floats where filled ([] without the file)."""
     import csv
 
-    path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
-        r["score"], r["true_score"] = float(r["score"]), float(r["true_score"])
+        for k in scores:
+            if r.get(k):
+                r[k] = float(r[k])
     return rows

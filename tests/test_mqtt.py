@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from web_helpers import free_port
 
 from edgeclf.imageio import load_resized
 
@@ -54,12 +55,6 @@ def _mosquitto() -> str | None:
                                               if os.access(p, os.X_OK)), None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -73,7 +68,7 @@ class Broker:
     a restarted broker has no retained message)."""
 
     def __init__(self, exe: str, folder: Path, users: dict[str, str] | None = None):
-        self.exe, self.folder, self.port = exe, folder, _free_port()
+        self.exe, self.folder, self.port = exe, folder, free_port()
         folder.mkdir(parents=True, exist_ok=True)
         lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # as root it would switch to "mosquitto", who cannot

@@ -25,7 +25,7 @@ def wanted(rep: dict | None) -> bool:
 
 
 def section(run_dir: Path, rep: dict, max_thumbs: int = 120) -> tuple[str, str, str]:
-    from edgeclf.train.field_eval import read_predictions
+    from edgeclf.train.field_eval import read_field_predictions
     from edgeclf.train.report import field_lines
 
     field, fv, cmp_ = rep.get("field") or {}, rep.get("field_val") or {}, rep.get("compare") or {}
@@ -46,7 +46,7 @@ def section(run_dir: Path, rep: dict, max_thumbs: int = 120) -> tuple[str, str, 
     if cmp_.get("field_val_trained_on"):
         body.append(paragraph(f"{previous} trained on {cmp_['field_val_trained_on']} of these field validation "
                               f"images: its figure on them flatters it.", "muted"))
-    preds = read_predictions(run_dir)
+    preds = read_field_predictions(run_dir)
     wrong = sorted((r for r in preds if r["true"] != r["predicted"]), key=lambda r: -r["score"])
     if not fv:
         body.append(paragraph("no field validation set (--field-val 0, or no --add)", "muted"))

@@ -175,15 +175,6 @@ def write_predictions(path: Path, samples, probs: np.ndarray, prev: np.ndarray |
     return fsutil.write_text(path, buf.getvalue())
 
 
-def read_predictions(run_dir: Path) -> list[dict]:
+def read_field_predictions(run_dir: Path) -> list[dict]:
     """The rows of ``field_val_predictions.csv`` (empty when the run has none)."""
-    path = Path(run_dir) / FIELD_PREDICTIONS
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k in ("score", "true_score", "previous_score"):
-            if r.get(k):
-                r[k] = float(r[k])
-    return rows
+    return rundir.read_score_rows(Path(run_dir) / FIELD_PREDICTIONS, ("score", "true_score", "previous_score"))
